@@ -1,0 +1,71 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "faultline",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "faultlined", targets: ["faultlined"]),
+        .executable(name: "faultctl", targets: ["faultctl"]),
+        .library(name: "Faultline", targets: ["Faultline"]),
+        .library(name: "FaultlineRules", targets: ["FaultlineRules"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // Rule files: parsing, validation and the immutable rule snapshot. No networking,
+        // so that `faultctl validate` and the tests use exactly what the daemon uses.
+        .target(
+            name: "FaultlineRules",
+            dependencies: [
+                .product(name: "Yams", package: "Yams")
+            ]
+        ),
+        // The daemon: data path, listeners, metrics, services.
+        .target(
+            name: "Faultline",
+            dependencies: [
+                "FaultlineRules",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        // Command-line front ends of both executables, kept in a library so that the
+        // executables stay one line long.
+        .target(
+            name: "FaultlineCommands",
+            dependencies: [
+                "Faultline",
+                "FaultlineRules",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(name: "faultlined", dependencies: ["FaultlineCommands"]),
+        .executableTarget(name: "faultctl", dependencies: ["FaultlineCommands"]),
+        .testTarget(name: "FaultlineRulesTests", dependencies: ["FaultlineRules"]),
+        .testTarget(
+            name: "FaultlineTests",
+            dependencies: [
+                "Faultline",
+                "FaultlineRules",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,124 @@
+import FaultlineRules
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// How the daemon runs, apart from the rules.
+public struct DaemonOptions: Sendable {
+    public static let defaultMetricsAddress = HostPort(host: "127.0.0.1", port: 9464)
+
+    /// Where `/metrics` is served; nil for no metrics endpoint.
+    public var metricsAddress: HostPort? = DaemonOptions.defaultMetricsAddress
+    /// Where the built-in demo service listens; nil for none.
+    public var demoAddress: HostPort?
+    /// How long open connections may finish after SIGTERM before they are closed.
+    public var gracePeriod: Duration = .seconds(10)
+    /// Event loops (threads) for the data path.
+    public var eventLoops: Int = System.coreCount
+
+    public init() {}
+}
+
+/// The whole daemon, built from a rule set and options. Tests build one on port 0 and read the
+/// bound ports back; the executable builds one and runs it under a `ServiceGroup`.
+public final class Daemon: Sendable {
+    public let group: MultiThreadedEventLoopGroup
+    public let metrics: FaultlineMetrics
+    public let proxy: ProxyService
+    public let metricsServer: SmallHTTPServer?
+    public let demoServer: SmallHTTPServer?
+    private let logger: Logger
+
+    private init(group: MultiThreadedEventLoopGroup, metrics: FaultlineMetrics, proxy: ProxyService,
+                 metricsServer: SmallHTTPServer?, demoServer: SmallHTTPServer?, logger: Logger) {
+        self.group = group
+        self.metrics = metrics
+        self.proxy = proxy
+        self.metricsServer = metricsServer
+        self.demoServer = demoServer
+        self.logger = logger
+    }
+
+    /// Binds everything; either the whole daemon is up or nothing is left running.
+    public static func start(rules: RuleSet, options: DaemonOptions, logger: Logger) async throws -> Daemon {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, options.eventLoops))
+        let metrics = FaultlineMetrics()
+        let proxy = ProxyService(group: group, metrics: metrics, gracePeriod: options.gracePeriod, logger: logger)
+        var demo: SmallHTTPServer?
+        var metricsServer: SmallHTTPServer?
+        do {
+            if let address = options.demoAddress {
+                demo = try await bindServer("demo service", address, group: group, handler: DemoService.handler)
+                logger.info("demo service listening", metadata: ["address": "\(demo!.localAddress)"])
+            }
+            try await proxy.start(rules)
+            if let address = options.metricsAddress {
+                metricsServer = try await bindServer(
+                    "metrics", address, group: group, handler: MetricsEndpoint.handler(metrics: metrics))
+                logger.info("metrics listening", metadata: ["address": "\(metricsServer!.localAddress)"])
+            }
+        } catch {
+            await proxy.drain(gracePeriod: .zero)
+            await demo?.close()
+            await metricsServer?.close()
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        return Daemon(group: group, metrics: metrics, proxy: proxy, metricsServer: metricsServer, demoServer: demo,
+                      logger: logger)
+    }
+
+    private static func bindServer(
+        _ what: String, _ address: HostPort, group: EventLoopGroup, handler: @escaping SmallHTTPServer.Handler
+    ) async throws -> SmallHTTPServer {
+        do {
+            let socketAddress = try SocketAddress.makeAddressResolvingHost(address.host, port: address.port)
+            return try await SmallHTTPServer.bind(to: socketAddress, group: group, handler: handler)
+        } catch {
+            throw DaemonStartError(description: "\(what) cannot listen on \(address): \(ProxyListener.describe(error))")
+        }
+    }
+
+    /// Runs until SIGTERM or SIGINT, then shuts down gracefully: the proxy drains first, the
+    /// demo service and the metrics endpoint stop last so that they serve the drain.
+    public func run() async throws {
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let metricsServer { services.append(.init(service: HTTPServerService(server: metricsServer))) }
+        if let demoServer { services.append(.init(service: HTTPServerService(server: demoServer))) }
+        services.append(.init(service: proxy))
+        let serviceGroup = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: services,
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await serviceGroup.run()
+        try await group.shutdownGracefully()
+        logger.info("stopped")
+    }
+
+    /// Stops everything now (tests); open connections get `gracePeriod` to finish.
+    public func shutdown(gracePeriod: Duration = .zero) async {
+        await proxy.drain(gracePeriod: gracePeriod)
+        await demoServer?.close()
+        await metricsServer?.close()
+        try? await group.shutdownGracefully()
+    }
+}
+
+public struct DaemonStartError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// A `SmallHTTPServer` as a service: serves until graceful shutdown.
+struct HTTPServerService: Service {
+    let server: SmallHTTPServer
+
+    func run() async throws {
+        await withGracefulShutdownHandler {
+            await server.run()
+        } onGracefulShutdown: {
+            Task { await server.close() }
+        }
+    }
+}

@@ -1,0 +1,130 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// A whole HTTP request, body included (small control and metrics requests only).
+public struct SmallHTTPRequest: Sendable {
+    public var method: HTTPMethod
+    public var uri: String
+    public var headers: HTTPHeaders
+    public var body: ByteBuffer
+
+    /// The path without the query string.
+    public var path: String { String(uri.prefix { $0 != "?" }) }
+}
+
+public struct SmallHTTPResponse: Sendable {
+    public var status: HTTPResponseStatus
+    public var headers: HTTPHeaders
+    public var body: ByteBuffer
+
+    public init(status: HTTPResponseStatus, headers: HTTPHeaders = [:], body: ByteBuffer = ByteBuffer()) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
+    public static func text(_ text: String, status: HTTPResponseStatus = .ok) -> SmallHTTPResponse {
+        SmallHTTPResponse(
+            status: status, headers: ["Content-Type": "text/plain; charset=utf-8"], body: ByteBuffer(string: text))
+    }
+}
+
+/// The HTTP/1.1 server behind the metrics endpoint and the demo service: whole requests in,
+/// whole responses out, keep-alive, one task per connection. Not the proxy's data path.
+public final class SmallHTTPServer: Sendable {
+    public typealias Handler = @Sendable (SmallHTTPRequest) async -> SmallHTTPResponse
+    typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
+
+    private let serverChannel: NIOAsyncChannel<Connection, Never>
+    private let handler: Handler
+    private let maxBodyBytes: Int
+
+    /// The address actually bound.
+    public let localAddress: SocketAddress
+
+    private init(serverChannel: NIOAsyncChannel<Connection, Never>, handler: @escaping Handler, maxBodyBytes: Int) {
+        self.serverChannel = serverChannel
+        self.handler = handler
+        self.maxBodyBytes = maxBodyBytes
+        self.localAddress = serverChannel.channel.localAddress!
+    }
+
+    public static func bind(
+        to address: SocketAddress,
+        group: EventLoopGroup,
+        maxBodyBytes: Int = 1 << 20,
+        handler: @escaping Handler
+    ) async throws -> SmallHTTPServer {
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .bind(to: address) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    return try Connection(wrappingChannelSynchronously: channel)
+                }
+            }
+        return SmallHTTPServer(serverChannel: channel, handler: handler, maxBodyBytes: maxBodyBytes)
+    }
+
+    /// Serves until `close()` is called or the task is cancelled; open connections are then
+    /// cancelled too, so that a keep-alive scraper cannot hold shutdown up.
+    public func run() async {
+        await withDiscardingTaskGroup { group in
+            try? await serverChannel.executeThenClose { inbound in
+                for try await connection in inbound {
+                    group.addTask { await self.serve(connection) }
+                }
+            }
+            group.cancelAll()
+        }
+    }
+
+    public func close() async {
+        try? await serverChannel.channel.close()
+    }
+
+    private func serve(_ connection: Connection) async {
+        try? await connection.executeThenClose { inbound, outbound in
+            var head: HTTPRequestHead?
+            var body = ByteBuffer()
+            var tooLarge = false
+            for try await part in inbound {
+                switch part {
+                case .head(let requestHead):
+                    head = requestHead
+                    body.clear()
+                    tooLarge = false
+                case .body(var chunk):
+                    if body.readableBytes + chunk.readableBytes > maxBodyBytes {
+                        tooLarge = true
+                    } else if !tooLarge {
+                        body.writeBuffer(&chunk)
+                    }
+                case .end:
+                    guard let requestHead = head else { continue }
+                    var response: SmallHTTPResponse
+                    if tooLarge {
+                        response = .text("request body larger than \(maxBodyBytes) bytes\n", status: .payloadTooLarge)
+                    } else {
+                        let request = SmallHTTPRequest(
+                            method: requestHead.method, uri: requestHead.uri, headers: requestHead.headers, body: body)
+                        response = await handler(request)
+                    }
+                    let keepAlive = requestHead.isKeepAlive && !tooLarge
+                    response.headers.replaceOrAdd(name: "Content-Length", value: "\(response.body.readableBytes)")
+                    response.headers.replaceOrAdd(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+                    let responseHead = HTTPResponseHead(
+                        version: .http1_1, status: response.status, headers: response.headers)
+                    try await outbound.write(.head(responseHead))
+                    if requestHead.method != .HEAD, response.body.readableBytes > 0 {
+                        try await outbound.write(.body(.byteBuffer(response.body)))
+                    }
+                    try await outbound.write(.end(nil))
+                    if !keepAlive { return }
+                    head = nil
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,344 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One proxied connection: the accepted client channel and the upstream channel dialed for
+/// it. Both channels live on the same event loop (the upstream is dialed on the client's
+/// loop), so all state here is confined to that loop and nothing is locked.
+///
+/// Life: accepted → dialing (client reads held) → open (bytes flow both ways, each direction
+/// gated by the other side's writability) → half-closed as each side sends FIN → closed.
+final class ProxyConnection {
+    enum State {
+        case dialing
+        case open
+        case closed
+    }
+
+    let id: UInt64
+    let eventLoop: EventLoop
+    private let listener: ListenerConfiguration
+    private let tracker: ConnectionTracker
+    private var logger: Logger
+
+    private var state: State = .dialing
+    private var clientHandler: ProxySideHandler?
+    private var upstreamHandler: ProxySideHandler?
+    private var clientChannel: Channel?
+    private var upstreamChannel: Channel?
+    private var clientActive = false
+    private var upstreamActive = false
+
+    /// FIN seen from that side.
+    private var clientInputClosed = false
+    private var upstreamInputClosed = false
+    /// ECONNRESET seen on that side: the partner is reset too, not closed politely.
+    private var resetOn: ProxySide?
+    private var finished = false
+
+    private let acceptedAt = NIODeadline.now()
+    private var bytesUpstream: Int64 = 0
+    private var bytesDownstream: Int64 = 0
+    /// Set by each read; the idle timer checks and clears it (cheaper than a clock read per chunk).
+    private var sawActivity = false
+    private var quietTicks = 0
+    private var idleTimer: Scheduled<Void>?
+
+    init(id: UInt64, clientChannel: Channel, listener: ListenerConfiguration, tracker: ConnectionTracker, logger: Logger) {
+        self.id = id
+        self.eventLoop = clientChannel.eventLoop
+        self.clientChannel = clientChannel
+        self.listener = listener
+        self.tracker = tracker
+        var logger = logger
+        logger[metadataKey: "conn.id"] = "\(id)"
+        self.logger = logger
+    }
+
+    /// Installs the client-side handler; called from the accepted channel's initializer.
+    func attachClient(to channel: Channel) throws {
+        let handler = ProxySideHandler(side: .client, connection: self)
+        clientHandler = handler
+        try channel.pipeline.syncOperations.addHandler(handler)
+    }
+
+    // MARK: Events from the side handlers
+
+    func sideBecameActive(_ side: ProxySide) {
+        switch side {
+        case .client:
+            clientActive = true
+            tracker.add(self)
+            listener.metrics.accepted.increment()
+            listener.metrics.open.increment()
+            armIdleTimer()
+            dialUpstream()
+        case .upstream:
+            upstreamActive = true
+        }
+    }
+
+    func mayRead(_ side: ProxySide) -> Bool {
+        guard state == .open else { return false }
+        return handler(side.partner)?.isWritable ?? false
+    }
+
+    func forward(_ buffer: ByteBuffer, from side: ProxySide) {
+        sawActivity = true
+        let count = Int64(buffer.readableBytes)
+        switch side {
+        case .client:
+            bytesUpstream += count
+            listener.metrics.bytesUpstream.increment(by: count)
+        case .upstream:
+            bytesDownstream += count
+            listener.metrics.bytesDownstream.increment(by: count)
+        }
+        handler(side.partner)?.write(buffer)
+    }
+
+    func readComplete(from side: ProxySide) {
+        handler(side.partner)?.flush()
+    }
+
+    func writabilityChanged(_ side: ProxySide, isWritable: Bool) {
+        // The partner's reads were held while this side could not take more; let them go.
+        if isWritable { handler(side.partner)?.resumeReading() }
+    }
+
+    /// The side sent FIN. Forward it as a FIN to the partner once everything read before it
+    /// has been written there.
+    func inputClosed(_ side: ProxySide) {
+        switch side {
+        case .client: clientInputClosed = true
+        case .upstream: upstreamInputClosed = true
+        }
+        guard let partner = channel(side.partner), let partnerContext = handler(side.partner)?.context else {
+            // The FIN came before the upstream was there (cannot happen while reads are held,
+            // but a closed connection must never be left half open).
+            closeAll()
+            return
+        }
+        // An empty write completes after every write queued before it: only then is the
+        // output shut, so no byte is lost when NIO turns the half-close into a full close.
+        let written = partnerContext.eventLoop.makePromise(of: Void.self)
+        partnerContext.writeAndFlush(NIOAny(ByteBuffer()), promise: written)
+        written.futureResult.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success: partner.close(mode: .output, promise: nil)
+            case .failure: partner.close(promise: nil)
+            }
+        }
+    }
+
+    func errorCaught(_ error: any Error, on side: ProxySide) {
+        if let ioError = error as? IOError, ioError.errnoCode == ECONNRESET || ioError.errnoCode == EPIPE {
+            if resetOn == nil { resetOn = side }
+        } else if !(error is ChannelError) {
+            logger.debug("connection error", metadata: ["side": "\(side)", "error": "\(error)"])
+        }
+        channel(side)?.close(promise: nil)
+    }
+
+    func sideBecameInactive(_ side: ProxySide) {
+        switch side {
+        case .client: clientActive = false
+        case .upstream: upstreamActive = false
+        }
+        // One side is gone for good. If it went away cleanly (FIN, then closed), the partner is
+        // already finishing its own half-close; otherwise end the partner now, with a reset
+        // when this side was reset, so that the client sees what the service did.
+        if let partner = channel(side.partner), isActive(side.partner) {
+            let endedCleanly = side == .client ? clientInputClosed : upstreamInputClosed
+            if resetOn != nil {
+                Self.reset(partner)
+            } else if !endedCleanly {
+                partner.close(promise: nil)
+            }
+        }
+        if !clientActive && !upstreamActive { finish() }
+    }
+
+    // MARK: Upstream
+
+    private func dialUpstream() {
+        let loopBoundSelf = NIOLoopBound(self, eventLoop: eventLoop)
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(.nanoseconds(listener.rule.connectTimeout.nanoseconds))
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                // Runs on this connection's loop: the bootstrap's group is that loop.
+                let connection = loopBoundSelf.value
+                let handler = ProxySideHandler(side: .upstream, connection: connection)
+                connection.upstreamHandler = handler
+                connection.upstreamChannel = channel
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+        let connected: EventLoopFuture<Channel>
+        switch listener.upstream {
+        case .address(let address): connected = bootstrap.connect(to: address)
+        case .name(let host, let port): connected = bootstrap.connect(host: host, port: port)
+        }
+        connected.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let channel):
+                self.upstreamConnected(channel)
+            case .failure(let error):
+                self.upstreamFailed(error)
+            }
+        }
+    }
+
+    private func upstreamConnected(_ channel: Channel) {
+        guard state == .dialing, clientActive else {
+            // The client left while we were dialing.
+            channel.close(promise: nil)
+            return
+        }
+        state = .open
+        clientHandler?.resumeReading()
+        upstreamHandler?.resumeReading()
+    }
+
+    private func upstreamFailed(_ error: any Error) {
+        let reason = UpstreamFailureReason(error)
+        listener.metrics.connectFailures(reason).increment()
+        logger.warning(
+            "upstream connect failed; closing client",
+            metadata: ["upstream": "\(listener.rule.upstream)", "reason": "\(reason.rawValue)", "error": "\(error)"])
+        upstreamHandler = nil
+        upstreamChannel = nil
+        state = .closed
+        clientChannel?.close(promise: nil)
+    }
+
+    // MARK: Closing
+
+    /// Closes both sides now (idle timeout, end of the drain period).
+    func closeAll() {
+        state = .closed
+        clientChannel?.close(promise: nil)
+        upstreamChannel?.close(promise: nil)
+    }
+
+    private func armIdleTimer() {
+        // Ticks at a quarter of the idle timeout: a silent connection is closed between 1 and
+        // 1.25 idle periods after its last byte, with no clock read on the data path.
+        let tick = TimeAmount.nanoseconds(max(listener.rule.idleTimeout.nanoseconds / 4, 1_000_000))
+        idleTimer = eventLoop.assumeIsolated().scheduleTask(in: tick) { [self] in
+            idleTimer = nil
+            guard !finished else { return }
+            if sawActivity {
+                sawActivity = false
+                quietTicks = 0
+            } else {
+                quietTicks += 1
+            }
+            if quietTicks >= 4 {
+                logger.debug("idle timeout; closing")
+                closeAll()
+            } else {
+                armIdleTimer()
+            }
+        }
+    }
+
+    private func finish() {
+        guard !finished else { return }
+        finished = true
+        state = .closed
+        idleTimer?.cancel()
+        idleTimer = nil
+        tracker.remove(self)
+        listener.metrics.open.decrement()
+        let lifetime = NIODeadline.now() - acceptedAt
+        listener.metrics.duration.recordNanoseconds(lifetime.nanoseconds)
+        logger.trace(
+            "connection closed",
+            metadata: ["bytes.upstream": "\(bytesUpstream)", "bytes.downstream": "\(bytesDownstream)"])
+        // Break the handler <-> connection cycle.
+        clientHandler = nil
+        upstreamHandler = nil
+        clientChannel = nil
+        upstreamChannel = nil
+    }
+
+    /// Sends RST instead of FIN: SO_LINGER with a zero timeout, then close.
+    static func reset(_ channel: Channel) {
+        guard let provider = channel as? SocketOptionProvider else {
+            channel.close(promise: nil)
+            return
+        }
+        provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).assumeIsolated().whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+
+    // MARK: Helpers
+
+    private func handler(_ side: ProxySide) -> ProxySideHandler? {
+        side == .client ? clientHandler : upstreamHandler
+    }
+
+    private func channel(_ side: ProxySide) -> Channel? {
+        side == .client ? clientChannel : upstreamChannel
+    }
+
+    private func isActive(_ side: ProxySide) -> Bool {
+        side == .client ? clientActive : upstreamActive
+    }
+
+    /// Bytes queued in NIO's outbound buffers of both channels: what the proxy holds.
+    var bufferedBytes: Int {
+        func buffered(_ channel: Channel?) -> Int {
+            guard let options = channel?.syncOptions else { return 0 }
+            return (try? options.getOption(.bufferedWritableBytes)) ?? 0
+        }
+        return buffered(clientChannel) + buffered(upstreamChannel)
+    }
+}
+
+/// Why dialing the upstream failed, as a metric label: a small fixed set.
+enum UpstreamFailureReason: String, CaseIterable, Sendable {
+    case refused
+    case unreachable
+    case timeout
+    case resolve
+    case other
+
+    init(_ error: any Error) {
+        if let error = error as? ChannelError, case .connectTimeout = error {
+            self = .timeout
+            return
+        }
+        if let error = error as? NIOConnectionError {
+            if error.dnsAAAAError != nil || error.dnsAError != nil, error.connectionErrors.isEmpty {
+                self = .resolve
+                return
+            }
+            if let first = error.connectionErrors.first?.error {
+                self = UpstreamFailureReason(first)
+                return
+            }
+            self = .other
+            return
+        }
+        if let error = error as? IOError {
+            switch error.errnoCode {
+            case ECONNREFUSED: self = .refused
+            case ENETUNREACH, EHOSTUNREACH, EHOSTDOWN, ENETDOWN: self = .unreachable
+            case ETIMEDOUT: self = .timeout
+            default: self = .other
+            }
+            return
+        }
+        self = .other
+    }
+}

@@ -1,0 +1,165 @@
+import FaultlineRules
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A listening socket per event loop, all bound to one address with SO_REUSEPORT, so that the
+/// kernel spreads new connections across the loops and an accepted channel never changes
+/// thread. Each loop tracks its own connections.
+public final class ProxyListener: Sendable {
+    public let name: String
+    /// The address actually bound (the chosen port when the rule said port 0).
+    public let boundAddress: SocketAddress
+    private let configuration: ConfigurationBox
+    private let acceptors: [Acceptor]
+    private let logger: Logger
+
+    struct Acceptor: Sendable {
+        let serverChannel: Channel
+        let tracker: ConnectionTracker
+    }
+
+    private init(name: String, boundAddress: SocketAddress, configuration: ConfigurationBox,
+                 acceptors: [Acceptor], logger: Logger) {
+        self.name = name
+        self.boundAddress = boundAddress
+        self.configuration = configuration
+        self.acceptors = acceptors
+        self.logger = logger
+    }
+
+    public var rule: ListenerRule { configuration.value.withLock { $0.rule } }
+
+    /// Binds the listener on every loop of `group`. Either every loop is listening or none is.
+    static func start(
+        rule: ListenerRule,
+        group: MultiThreadedEventLoopGroup,
+        metrics: FaultlineMetrics,
+        logger baseLogger: Logger
+    ) async throws -> ProxyListener {
+        var logger = baseLogger
+        logger[metadataKey: "listener"] = "\(rule.name)"
+        let configurationBox = ConfigurationBox(try ListenerConfiguration(rule: rule, metrics: metrics.listener(rule.name)))
+        let loops = Array(group.makeIterator())
+        var acceptors: [Acceptor] = []
+        var address: SocketAddress
+        do {
+            address = try SocketAddress(ipAddress: rule.listen.host, port: rule.listen.port)
+        } catch {
+            throw ListenerStartError(listener: rule.name, address: rule.listen, reason: "\(error)")
+        }
+        do {
+            for (index, loop) in loops.enumerated() {
+                let tracker = ConnectionTracker(eventLoop: loop, loopIndex: index, loopCount: loops.count)
+                let channel = try await Self.bind(
+                    address: address, loop: loop, tracker: tracker, configuration: configurationBox, logger: logger)
+                if index == 0, let bound = channel.localAddress {
+                    // Port 0: every other loop binds the port the kernel chose for the first.
+                    address = bound
+                }
+                acceptors.append(Acceptor(serverChannel: channel, tracker: tracker))
+            }
+        } catch {
+            for acceptor in acceptors { try? await acceptor.serverChannel.close() }
+            throw ListenerStartError(listener: rule.name, address: rule.listen, reason: Self.describe(error))
+        }
+        logger.info("listening", metadata: ["address": "\(address)", "upstream": "\(rule.upstream)"])
+        return ProxyListener(
+            name: rule.name, boundAddress: address, configuration: configurationBox,
+            acceptors: acceptors, logger: logger)
+    }
+
+    /// Holds the mutex so that the channel initializers and the listener share one.
+    final class ConfigurationBox: Sendable {
+        let value: Mutex<ListenerConfiguration>
+        init(_ configuration: ListenerConfiguration) { value = Mutex(configuration) }
+    }
+
+    private static func bind(
+        address: SocketAddress,
+        loop: EventLoop,
+        tracker: ConnectionTracker,
+        configuration: ConfigurationBox,
+        logger: Logger
+    ) async throws -> Channel {
+        try await ServerBootstrap(group: loop)
+            .serverChannelOption(.backlog, value: 4096)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(ChannelOptions.Types.SocketOption(
+                level: NIOBSDSocket.OptionLevel(rawValue: SOL_SOCKET), name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
+            // Accept a burst of connections per wake-up rather than one.
+            .serverChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    // The configuration is read once, here: the connection keeps it for life.
+                    let listener = configuration.value.withLock { $0 }
+                    let connection = ProxyConnection(
+                        id: tracker.makeID(), clientChannel: channel, listener: listener, tracker: tracker, logger: logger)
+                    try connection.attachClient(to: channel)
+                }
+            }
+            .bind(to: address)
+            .get()
+    }
+
+    /// Takes a changed rule for new connections (same socket; a different address needs a new listener).
+    func update(rule: ListenerRule, metrics: FaultlineMetrics) throws {
+        let new = try ListenerConfiguration(rule: rule, metrics: metrics.listener(rule.name))
+        configuration.value.withLock { $0 = new }
+    }
+
+    /// Stops accepting; open connections carry on.
+    func stopAccepting() async {
+        for acceptor in acceptors {
+            try? await acceptor.serverChannel.close()
+        }
+    }
+
+    /// Open connections across all loops.
+    public func openConnections() async -> Int {
+        var total = 0
+        for acceptor in acceptors {
+            total += (try? await acceptor.tracker.eventLoop.submit { acceptor.tracker.count }.get()) ?? 0
+        }
+        return total
+    }
+
+    /// Closes every open connection now.
+    func closeAllConnections() async {
+        for acceptor in acceptors {
+            try? await acceptor.tracker.eventLoop.submit { acceptor.tracker.closeAll() }.get()
+        }
+    }
+
+    /// Bytes the proxy holds in its outbound buffers for this listener's connections.
+    public func bufferedBytes() async -> Int {
+        var total = 0
+        for acceptor in acceptors {
+            total += (try? await acceptor.tracker.eventLoop.submit { acceptor.tracker.bufferedBytes }.get()) ?? 0
+        }
+        return total
+    }
+
+    static func describe(_ error: any Error) -> String {
+        if let error = error as? IOError {
+            return String(cString: strerror(error.errnoCode))
+        }
+        return "\(error)"
+    }
+}
+
+/// A listener could not start: names the listener and the address, as an operator needs.
+public struct ListenerStartError: Error, CustomStringConvertible {
+    public var listener: String
+    public var address: HostPort
+    public var reason: String
+
+    public var description: String { "listener \"\(listener)\" cannot listen on \(address): \(reason)" }
+}

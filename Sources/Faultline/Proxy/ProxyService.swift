@@ -1,0 +1,79 @@
+import FaultlineRules
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+
+/// The proxy listeners as one long-running `Service`: started from a rule set, drained on
+/// graceful shutdown (stop accepting, let open connections finish for the grace period, then
+/// close what is left).
+public final class ProxyService: Service, Sendable {
+    private let group: MultiThreadedEventLoopGroup
+    private let metrics: FaultlineMetrics
+    private let logger: Logger
+    private let gracePeriod: Duration
+    private let listenersByName: Mutex<[String: ProxyListener]>
+
+    init(group: MultiThreadedEventLoopGroup, metrics: FaultlineMetrics, gracePeriod: Duration, logger: Logger) {
+        self.group = group
+        self.metrics = metrics
+        self.gracePeriod = gracePeriod
+        self.logger = logger
+        self.listenersByName = Mutex([:])
+    }
+
+    /// Starts every listener of `rules`. Either all of them listen or none does: a listener
+    /// that cannot bind stops the ones already started.
+    func start(_ rules: RuleSet) async throws {
+        var started: [ProxyListener] = []
+        do {
+            for rule in rules.listeners {
+                started.append(try await ProxyListener.start(rule: rule, group: group, metrics: metrics, logger: logger))
+            }
+        } catch {
+            for listener in started { await listener.stopAccepting() }
+            throw error
+        }
+        listenersByName.withLock { listeners in
+            for listener in started { listeners[listener.name] = listener }
+        }
+    }
+
+    public func listener(named name: String) -> ProxyListener? {
+        listenersByName.withLock { $0[name] }
+    }
+
+    public var listeners: [ProxyListener] {
+        listenersByName.withLock { Array($0.values) }.sorted { $0.name < $1.name }
+    }
+
+    public func run() async throws {
+        // Runs until the service group asks for a graceful shutdown (SIGTERM, SIGINT).
+        try? await gracefulShutdown()
+        await drain(gracePeriod: gracePeriod)
+    }
+
+    /// Stops accepting, waits up to `gracePeriod` for open connections to end, closes the rest.
+    public func drain(gracePeriod: Duration) async {
+        let listeners = self.listeners
+        for listener in listeners { await listener.stopAccepting() }
+        var open = await openConnections(listeners)
+        logger.info("draining", metadata: ["connections.open": "\(open)", "grace": "\(gracePeriod)"])
+        let deadline = ContinuousClock.now + gracePeriod
+        while open > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+            open = await openConnections(listeners)
+        }
+        if open > 0 {
+            logger.info("grace period over; closing connections", metadata: ["connections.open": "\(open)"])
+            for listener in listeners { await listener.closeAllConnections() }
+        }
+    }
+
+    private func openConnections(_ listeners: [ProxyListener]) async -> Int {
+        var total = 0
+        for listener in listeners { total += await listener.openConnections() }
+        return total
+    }
+}

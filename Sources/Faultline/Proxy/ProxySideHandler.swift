@@ -1,0 +1,89 @@
+import NIOCore
+
+/// The thin channel handler on each of the two channels of a proxied connection. It turns
+/// channel events into calls on the `ProxyConnection` that owns both sides, and it is the
+/// gate for back-pressure: an outbound `read()` passes only while the connection says this
+/// side may read (its partner is connected and writable), otherwise it is held and resumed later.
+final class ProxySideHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let side: ProxySide
+    private let connection: ProxyConnection
+    private(set) var context: ChannelHandlerContext?
+    /// A read was asked for while reading was not allowed; it is issued when allowed again.
+    private var readHeld = false
+
+    init(side: ProxySide, connection: ProxyConnection) {
+        self.side = side
+        self.connection = connection
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        connection.sideBecameActive(side)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        connection.sideBecameInactive(side)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        connection.forward(unwrapInboundIn(data), from: side)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        connection.readComplete(from: side)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        connection.writabilityChanged(side, isWritable: context.channel.isWritable)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            connection.inputClosed(side)
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        connection.errorCaught(error, on: side)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if connection.mayRead(side) {
+            context.read()
+        } else {
+            readHeld = true
+        }
+    }
+
+    // MARK: Called by the connection
+
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    func resumeReading() {
+        guard readHeld, let context else { return }
+        readHeld = false
+        context.read()
+    }
+
+    func write(_ buffer: ByteBuffer) {
+        context?.write(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    func flush() {
+        context?.flush()
+    }
+}

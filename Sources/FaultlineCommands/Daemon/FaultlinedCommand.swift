@@ -1,0 +1,114 @@
+import ArgumentParser
+import Faultline
+import FaultlineRules
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `faultlined`: the daemon.
+@available(macOS 15, *)
+public struct FaultlinedCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "faultlined",
+        abstract: "Faultline: a fault-injection proxy that sits in front of a service under test.",
+        discussion: """
+            Reads every *.yaml file in the rules folder and starts the listeners they declare.
+            One-off form, without rule files:
+              faultlined --listen 127.0.0.1:8080 --upstream 127.0.0.1:9000
+            """,
+        version: FaultlineVersion.current
+    )
+
+    @Option(name: .long, help: "Folder of rule files (*.yaml).")
+    var rules: String = "rules"
+
+    @Option(name: .long, help: "One-off listener address (with --upstream): no rule files are read.")
+    var listen: HostPort?
+
+    @Option(name: .long, help: "Upstream for the one-off listener.")
+    var upstream: HostPort?
+
+    @Option(name: .long, help: "Where /metrics is served.")
+    var metrics: HostPort = DaemonOptions.defaultMetricsAddress
+
+    @Flag(name: .long, help: "Serve no metrics endpoint.")
+    var noMetrics = false
+
+    @Option(name: .long, help: "Also start the built-in demo HTTP service on this address.")
+    var demo: HostPort?
+
+    @Option(name: .long, help: "How long open connections may finish after SIGTERM.")
+    var grace: DurationArgument = DurationArgument(.seconds(10))
+
+    @Option(name: .long, help: "Event loop threads (default: one per core).")
+    var eventLoops: Int?
+
+    @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: Logger.Level = .info
+
+    @Flag(name: .long, help: "Validate the rules, print what would run, and exit (0 valid, 1 invalid).")
+    var check = false
+
+    public init() {}
+
+    public func validate() throws {
+        if (listen == nil) != (upstream == nil) {
+            throw ValidationError("--listen and --upstream go together")
+        }
+        if let eventLoops, eventLoops < 1 {
+            throw ValidationError("--event-loops must be at least 1")
+        }
+    }
+
+    public func run() async throws {
+        let level = logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "faultlined")
+
+        let ruleSet: RuleSet
+        if let listen, let upstream {
+            ruleSet = RuleSet(listeners: [ListenerRule(name: "default", listen: listen, upstream: upstream)])
+        } else {
+            switch RuleLoader.load(directory: rules) {
+            case .success(let loaded):
+                ruleSet = loaded
+            case .failure(let errors):
+                printToStandardError(errors.description)
+                printToStandardError("faultlined: \(errors.errors.count) error\(errors.errors.count == 1 ? "" : "s") in \(rules); nothing started")
+                throw ExitCode(1)
+            }
+        }
+        if check {
+            print("rules OK: \(ruleSet.summary)")
+            return
+        }
+
+        var options = DaemonOptions()
+        options.metricsAddress = noMetrics ? nil : metrics
+        options.demoAddress = demo
+        options.gracePeriod = grace.value
+        if let eventLoops { options.eventLoops = eventLoops }
+
+        let daemon: Daemon
+        do {
+            daemon = try await Daemon.start(rules: ruleSet, options: options, logger: logger)
+        } catch {
+            printToStandardError("faultlined: \(error)")
+            throw ExitCode(1)
+        }
+        logger.info("started", metadata: ["version": "\(FaultlineVersion.current)", "rules": "\(ruleSet.summary)"])
+        try await daemon.run()
+    }
+}
+
+func printToStandardError(_ text: String) {
+    let line = Array((text + "\n").utf8)
+    // Written with write(2) on descriptor 2: no shared C `FILE *` to reason about.
+    _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+}

@@ -1,0 +1,106 @@
+import Yams
+
+/// Parses the text of one rule file into its listeners, collecting every error. Checks that
+/// need the whole folder (duplicate names, two listeners on one address) are `RuleLoader`'s.
+public struct RuleFileParser {
+    static let topLevelKeys = ["listeners"]
+    static let listenerKeys = ["name", "listen", "upstream", "protocol", "timeouts"]
+    static let timeoutKeys = ["connect", "idle"]
+
+    public struct Result: Sendable {
+        public var listeners: [ListenerRule]
+        public var errors: [RuleError]
+    }
+
+    public static func parse(_ text: String, file: String) -> Result {
+        var reader = NodeReader(file: file)
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            return Result(listeners: [], errors: [Self.syntaxError(error, file: file)])
+        } catch {
+            let location = SourceLocation(file: file, line: 1, column: 1)
+            return Result(listeners: [], errors: [RuleError("cannot parse YAML: \(error)", at: location)])
+        }
+        // A file of comments only is an empty rule file, not an error: it is how a rule is
+        // switched off by commenting it out.
+        guard let root, !(root.scalar?.isNullLike ?? false) else {
+            return Result(listeners: [], errors: [])
+        }
+        var listeners: [ListenerRule] = []
+        if let top = reader.fields(root, path: "", allowed: topLevelKeys) {
+            if let entry = top["listeners"], let items = reader.sequence(entry) {
+                for (index, item) in items.enumerated() {
+                    if let listener = parseListener(item, path: "listeners[\(index)]", reader: &reader) {
+                        listeners.append(listener)
+                    }
+                }
+            }
+        }
+        return Result(listeners: listeners, errors: reader.errors)
+    }
+
+    static func parseListener(_ node: Node, path: String, reader: inout NodeReader) -> ListenerRule? {
+        guard
+            let fields = reader.fields(node, path: path, allowed: listenerKeys, required: ["name", "listen", "upstream"])
+        else { return nil }
+        let errorsBefore = reader.errors.count
+        let name = fields["name"].flatMap { reader.name($0) }
+        let listen = fields["listen"].flatMap { reader.hostPort($0, allowPortZero: true) }
+        if let listen, let entry = fields["listen"], !listen.isIPLiteral, listen.host != "localhost" {
+            reader.report("\(entry.path): \"\(listen)\" must listen on an IP address or localhost", at: entry.value)
+        }
+        let upstream = fields["upstream"].flatMap { reader.hostPort($0, allowPortZero: false) }
+        var proto = ListenerProtocol.tcp
+        if let entry = fields["protocol"] {
+            if reader.string(entry) == "http" {
+                reader.report("\(entry.path): \"http\" is not available in this version; use tcp", at: entry.value)
+            } else if let value = reader.oneOf(entry, ListenerProtocol.self) {
+                proto = value
+            }
+        }
+        var connectTimeout = ListenerRule.defaultConnectTimeout
+        var idleTimeout = ListenerRule.defaultIdleTimeout
+        if let entry = fields["timeouts"],
+            let timeouts = reader.fields(entry.value, path: entry.path, allowed: timeoutKeys)
+        {
+            if let connect = timeouts["connect"], let value = reader.duration(connect, minimum: .milliseconds(1)) {
+                connectTimeout = value
+            }
+            if let idle = timeouts["idle"], let value = reader.duration(idle, minimum: .milliseconds(1)) {
+                idleTimeout = value
+            }
+        }
+        guard reader.errors.count == errorsBefore, let name, let listen, let upstream else { return nil }
+        return ListenerRule(
+            name: name,
+            listen: listen.host == "localhost" ? HostPort(host: "127.0.0.1", port: listen.port) : listen,
+            upstream: upstream,
+            protocol: proto,
+            connectTimeout: connectTimeout,
+            idleTimeout: idleTimeout,
+            source: reader.location(of: node)
+        )
+    }
+
+    static func syntaxError(_ error: YamlError, file: String) -> RuleError {
+        switch error {
+        case let .scanner(context, problem, mark, _),
+            let .parser(context, problem, mark, _),
+            let .composer(context, problem, mark, _):
+            var message = "invalid YAML: \(problem)"
+            if let context { message += " (\(context.text) at \(context.mark.line):\(context.mark.column))" }
+            return RuleError(message, at: SourceLocation(file: file, line: mark.line, column: mark.column))
+        case let .duplicatedKeysInMapping(duplicates, context):
+            return RuleError(
+                "invalid YAML: duplicate key \(duplicates.map { "\"\($0)\"" }.joined(separator: ", "))",
+                at: SourceLocation(file: file, line: context.mark.line, column: context.mark.column)
+            )
+        case let .reader(problem, _, _, _):
+            return RuleError("invalid file: \(problem)", at: SourceLocation(file: file, line: 1, column: 1))
+        default:
+            return RuleError("invalid YAML: \(error)", at: SourceLocation(file: file, line: 1, column: 1))
+        }
+    }
+}

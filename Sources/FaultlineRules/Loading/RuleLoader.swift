@@ -1,0 +1,122 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Turns a rule folder into one validated `RuleSet`, or every error found in it.
+public enum RuleLoader {
+    /// The rule files of a folder, sorted by name so that "file order" means one thing.
+    /// Hidden files and editors' scratch files are not rules.
+    public static func ruleFiles(in directory: String) throws(RuleErrors) -> [String] {
+        guard let dir = opendir(directory) else {
+            let reason = String(cString: strerror(errno))
+            throw RuleErrors([RuleError("cannot read rule folder: \(reason)", at: SourceLocation(file: directory, line: 1, column: 1))])
+        }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            guard !name.hasPrefix("."), name.hasSuffix(".yaml") || name.hasSuffix(".yml") else { continue }
+            names.append(name)
+        }
+        let base = directory.hasSuffix("/") ? directory : directory + "/"
+        return names.sorted().map { base + $0 }
+    }
+
+    /// Reads and validates the whole folder. Either every file is good and the result is the
+    /// one snapshot they make together, or nothing is returned but the errors.
+    public static func load(directory: String) -> Result<RuleSet, RuleErrors> {
+        let files: [String]
+        do {
+            files = try ruleFiles(in: directory)
+        } catch {
+            return .failure(error)
+        }
+        var sources: [(file: String, text: String)] = []
+        var errors: [RuleError] = []
+        for file in files {
+            switch readText(file) {
+            case .success(let text): sources.append((file, text))
+            case .failure(let error): errors.append(error)
+            }
+        }
+        switch load(sources: sources) {
+        case .success(let set):
+            return errors.isEmpty ? .success(set) : .failure(RuleErrors(errors))
+        case .failure(let more):
+            return .failure(RuleErrors(errors + more.errors))
+        }
+    }
+
+    /// Validates rule texts given with their file names (the folder loader and tests use it).
+    public static func load(sources: [(file: String, text: String)]) -> Result<RuleSet, RuleErrors> {
+        var errors: [RuleError] = []
+        var listeners: [ListenerRule] = []
+        for source in sources {
+            let parsed = RuleFileParser.parse(source.text, file: source.file)
+            errors += parsed.errors
+            listeners += parsed.listeners
+        }
+        errors += crossFileErrors(listeners)
+        if !errors.isEmpty { return .failure(RuleErrors(errors)) }
+        return .success(RuleSet(listeners: listeners, files: sources.map(\.file)))
+    }
+
+    /// Checks between listeners, wherever they were declared.
+    static func crossFileErrors(_ listeners: [ListenerRule]) -> [RuleError] {
+        var errors: [RuleError] = []
+        var byName: [String: ListenerRule] = [:]
+        var byAddress: [HostPort: ListenerRule] = [:]
+        for listener in listeners {
+            if let first = byName[listener.name] {
+                errors.append(RuleError(
+                    "listener \"\(listener.name)\" is already declared at \(first.source)", at: listener.source))
+            } else {
+                byName[listener.name] = listener
+            }
+            if listener.listen.port != 0 {
+                let wildcard = listener.listen.host == "0.0.0.0" || listener.listen.host == "::"
+                let clash = byAddress[listener.listen]
+                    ?? byAddress.first { (address, _) in
+                        address.port == listener.listen.port
+                            && (wildcard || address.host == "0.0.0.0" || address.host == "::")
+                            && address.isIPv6Literal == listener.listen.isIPv6Literal
+                    }?.value
+                if let clash {
+                    errors.append(RuleError(
+                        "listener \"\(listener.name)\" listens on \(listener.listen), as does \"\(clash.name)\" (\(clash.source))",
+                        at: listener.source))
+                } else {
+                    byAddress[listener.listen] = listener
+                }
+            }
+        }
+        return errors
+    }
+
+    static func readText(_ path: String) -> Result<String, RuleError> {
+        let location = SourceLocation(file: path, line: 1, column: 1)
+        guard let file = fopen(path, "rb") else {
+            return .failure(RuleError("cannot read file: \(String(cString: strerror(errno)))", at: location))
+        }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = fread(&chunk, 1, chunk.count, file)
+            if count > 0 { bytes += chunk[0..<count] }
+            if count < chunk.count { break }
+            // A rule file is small; a huge one is a mistake (a log written into the folder).
+            if bytes.count > 4 << 20 {
+                return .failure(RuleError("file is larger than 4 MiB", at: location))
+            }
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            return .failure(RuleError("file is not valid UTF-8", at: location))
+        }
+        return .success(text)
+    }
+}

@@ -1,0 +1,45 @@
+/// What a listener speaks. `http` arrives with HTTP mode; until then the loader refuses it
+/// rather than quietly proxying HTTP as bytes while the user believes requests are parsed.
+public enum ListenerProtocol: String, Sendable, Hashable, CaseIterable {
+    case tcp
+}
+
+/// One listener as the rule files declare it: where Faultline listens and where it forwards.
+public struct ListenerRule: Sendable, Hashable {
+    public static let defaultConnectTimeout: Duration = .seconds(5)
+    public static let defaultIdleTimeout: Duration = .seconds(3600)
+
+    public var name: String
+    public var listen: HostPort
+    public var upstream: HostPort
+    public var `protocol`: ListenerProtocol
+    /// How long dialing the upstream may take before the client is closed.
+    public var connectTimeout: Duration
+    /// A connection with no byte in either direction for this long is closed.
+    public var idleTimeout: Duration
+    /// Where the listener was declared, for messages that point back at the file.
+    public var source: SourceLocation
+
+    public init(
+        name: String,
+        listen: HostPort,
+        upstream: HostPort,
+        protocol: ListenerProtocol = .tcp,
+        connectTimeout: Duration = ListenerRule.defaultConnectTimeout,
+        idleTimeout: Duration = ListenerRule.defaultIdleTimeout,
+        source: SourceLocation = SourceLocation(file: "<command line>", line: 1, column: 1)
+    ) {
+        self.name = name
+        self.listen = listen
+        self.upstream = upstream
+        self.protocol = `protocol`
+        self.connectTimeout = connectTimeout
+        self.idleTimeout = idleTimeout
+        self.source = source
+    }
+
+    /// True when a running listener can take this rule without rebinding its socket.
+    public func sameSocket(as other: ListenerRule) -> Bool {
+        name == other.name && listen == other.listen && `protocol` == other.protocol
+    }
+}

@@ -1,0 +1,26 @@
+/// Everything the rule folder says, validated as a whole. Immutable and `Sendable`: a reload
+/// builds a new one and swaps it in; nobody edits one in place.
+public struct RuleSet: Sendable, Hashable {
+    public var listeners: [ListenerRule]
+    /// The files this set was read from, in the order they were read.
+    public var files: [String]
+
+    public init(listeners: [ListenerRule] = [], files: [String] = []) {
+        self.listeners = listeners
+        self.files = files
+    }
+
+    public func listener(named name: String) -> ListenerRule? {
+        listeners.first { $0.name == name }
+    }
+
+    /// One line for logs and `--check`: what would run.
+    public var summary: String {
+        let names = listeners.map { "\($0.name) \($0.listen) -> \($0.upstream)" }
+        let filesPart = "\(files.count) file\(files.count == 1 ? "" : "s")"
+        let listenersPart = "\(listeners.count) listener\(listeners.count == 1 ? "" : "s")"
+        return names.isEmpty
+            ? "\(filesPart), \(listenersPart)"
+            : "\(filesPart), \(listenersPart): \(names.joined(separator: ", "))"
+    }
+}
