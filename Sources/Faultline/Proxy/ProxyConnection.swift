@@ -33,9 +33,12 @@ final class ProxyConnection {
     private var clientActive = false
     private var upstreamActive = false
 
-    /// FIN seen from that side.
-    private var clientInputClosed = false
-    private var upstreamInputClosed = false
+    /// A FIN was forwarded to (the output of) that side.
+    private var finForwardedToClient = false
+    private var finForwardedToUpstream = false
+    /// An error other than end-of-file was seen on that side.
+    private var clientErrored = false
+    private var upstreamErrored = false
     /// ECONNRESET seen on that side: the partner is reset too, not closed politely.
     private var resetOn: ProxySide?
     private var finished = false
@@ -110,29 +113,9 @@ final class ProxyConnection {
         if isWritable { handler(side.partner)?.resumeReading() }
     }
 
-    /// The side sent FIN. Forward it as a FIN to the partner once everything read before it
-    /// has been written there.
+    /// The side sent FIN: forward it to the partner.
     func inputClosed(_ side: ProxySide) {
-        switch side {
-        case .client: clientInputClosed = true
-        case .upstream: upstreamInputClosed = true
-        }
-        guard let partner = channel(side.partner), let partnerContext = handler(side.partner)?.context else {
-            // The FIN came before the upstream was there (cannot happen while reads are held,
-            // but a closed connection must never be left half open).
-            closeAll()
-            return
-        }
-        // An empty write completes after every write queued before it: only then is the
-        // output shut, so no byte is lost when NIO turns the half-close into a full close.
-        let written = partnerContext.eventLoop.makePromise(of: Void.self)
-        partnerContext.writeAndFlush(NIOAny(ByteBuffer()), promise: written)
-        written.futureResult.assumeIsolated().whenComplete { result in
-            switch result {
-            case .success: partner.close(mode: .output, promise: nil)
-            case .failure: partner.close(promise: nil)
-            }
-        }
+        forwardFIN(to: side.partner)
     }
 
     func errorCaught(_ error: any Error, on side: ProxySide) {
@@ -141,6 +124,7 @@ final class ProxyConnection {
         } else if !(error is ChannelError) {
             logger.debug("connection error", metadata: ["side": "\(side)", "error": "\(error)"])
         }
+        failed(side)
         channel(side)?.close(promise: nil)
     }
 
@@ -149,18 +133,41 @@ final class ProxyConnection {
         case .client: clientActive = false
         case .upstream: upstreamActive = false
         }
-        // One side is gone for good. If it went away cleanly (FIN, then closed), the partner is
-        // already finishing its own half-close; otherwise end the partner now, with a reset
-        // when this side was reset, so that the client sees what the service did.
-        if let partner = channel(side.partner), isActive(side.partner) {
-            let endedCleanly = side == .client ? clientInputClosed : upstreamInputClosed
+        // A side that closes without an error was closed by its peer with a FIN (NIO turns
+        // "FIN after our own output was shut" straight into a full close, without an
+        // inputClosed event): the partner gets that FIN after everything queued for it.
+        // A reset is passed on as a reset, so that the client sees what the service did.
+        if isActive(side.partner), let partner = channel(side.partner) {
             if resetOn != nil {
                 Self.reset(partner)
-            } else if !endedCleanly {
+            } else if sideFailed(side) || state != .open {
                 partner.close(promise: nil)
+            } else {
+                forwardFIN(to: side.partner)
             }
         }
         if !clientActive && !upstreamActive { finish() }
+    }
+
+    /// Shuts the output of `side` once everything queued for it has been written. An empty
+    /// write completes after every write queued before it: only then is the output shut, so
+    /// no byte is lost when NIO turns the half-close into a full close.
+    private func forwardFIN(to side: ProxySide) {
+        guard !finForwarded(side) else { return }
+        setFINForwarded(side)
+        guard let target = channel(side), let context = handler(side)?.context else {
+            // Not connected (yet): nothing can be forwarded, end the connection.
+            closeAll()
+            return
+        }
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(NIOAny(ByteBuffer()), promise: written)
+        written.futureResult.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success: target.close(mode: .output, promise: nil)
+            case .failure: target.close(promise: nil)
+            }
+        }
     }
 
     // MARK: Upstream
@@ -191,7 +198,7 @@ final class ProxyConnection {
             case .success(let channel):
                 self.upstreamConnected(channel)
             case .failure(let error):
-                self.upstreamFailed(error)
+                self.dialFailed(error)
             }
         }
     }
@@ -207,7 +214,7 @@ final class ProxyConnection {
         upstreamHandler?.resumeReading()
     }
 
-    private func upstreamFailed(_ error: any Error) {
+    private func dialFailed(_ error: any Error) {
         let reason = UpstreamFailureReason(error)
         listener.metrics.connectFailures(reason).increment()
         logger.warning(
@@ -289,6 +296,22 @@ final class ProxyConnection {
 
     private func channel(_ side: ProxySide) -> Channel? {
         side == .client ? clientChannel : upstreamChannel
+    }
+
+    private func finForwarded(_ side: ProxySide) -> Bool {
+        side == .client ? finForwardedToClient : finForwardedToUpstream
+    }
+
+    private func setFINForwarded(_ side: ProxySide) {
+        if side == .client { finForwardedToClient = true } else { finForwardedToUpstream = true }
+    }
+
+    private func sideFailed(_ side: ProxySide) -> Bool {
+        side == .client ? clientErrored : upstreamErrored
+    }
+
+    private func failed(_ side: ProxySide) {
+        if side == .client { clientErrored = true } else { upstreamErrored = true }
     }
 
     private func isActive(_ side: ProxySide) -> Bool {
