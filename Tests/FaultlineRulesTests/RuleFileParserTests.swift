@@ -1,0 +1,239 @@
+import FaultlineRules
+import Testing
+
+/// Each class of rule error, with its exact message, line and column.
+struct RuleFileParserTests {
+    func errors(_ text: String, file: String = "rules/api.yaml") -> [String] {
+        switch RuleLoader.load(sources: [(file, text)]) {
+        case .success: return []
+        case .failure(let errors): return errors.errors.map(\.description)
+        }
+    }
+
+    @Test func validFileGivesListenersWithDefaults() throws {
+        let text = """
+            listeners:
+              - name: api
+                listen: 127.0.0.1:8080
+                upstream: db.internal:5432
+              - name: v6
+                listen: "[::1]:0"
+                upstream: "[::1]:9000"
+                protocol: tcp
+                timeouts:
+                  connect: 250ms
+                  idle: 1.5s
+            """
+        let set = try RuleLoader.load(sources: [("rules/a.yaml", text)]).get()
+        #expect(set.listeners.count == 2)
+        let api = set.listeners[0]
+        #expect(api.name == "api")
+        #expect(api.listen == HostPort(host: "127.0.0.1", port: 8080))
+        #expect(api.upstream == HostPort(host: "db.internal", port: 5432))
+        #expect(api.connectTimeout == ListenerRule.defaultConnectTimeout)
+        #expect(api.idleTimeout == ListenerRule.defaultIdleTimeout)
+        #expect(api.source == SourceLocation(file: "rules/a.yaml", line: 2, column: 5))
+        let v6 = set.listeners[1]
+        #expect(v6.listen == HostPort(host: "::1", port: 0))
+        #expect(v6.connectTimeout == .milliseconds(250))
+        #expect(v6.idleTimeout == .milliseconds(1500))
+        #expect(set.summary == "1 file, 2 listeners: api 127.0.0.1:8080 -> db.internal:5432, v6 [::1]:0 -> [::1]:9000")
+    }
+
+    @Test func commentsOnlyFileIsEmpty() throws {
+        let set = try RuleLoader.load(sources: [("rules/off.yaml", "# nothing here\n")]).get()
+        #expect(set.listeners.isEmpty)
+    }
+
+    @Test func upstreamThatIsNotHostPort() {
+        let text = """
+            listeners:
+              - name: api
+                listen: 127.0.0.1:8080
+                upstream: db
+            """
+        #expect(errors(text) == [#"rules/api.yaml:4:15: listeners[0].upstream: "db" is not host:port (it has no port)"#])
+    }
+
+    @Test func unknownKeySuggestsTheNearestOne() {
+        let text = """
+            listeners:
+              - name: api
+                listen: 127.0.0.1:8080
+                upstrem: 127.0.0.1:9000
+            """
+        #expect(errors(text) == [
+            #"rules/api.yaml:4:5: unknown key "listeners[0].upstrem"; did you mean "upstream"?"#,
+            #"rules/api.yaml:2:5: listeners[0].upstream: required key is missing"#,
+        ])
+    }
+
+    @Test func unknownTopLevelKeyListsTheKnownOnes() {
+        #expect(errors("proxies: []\n") == [#"rules/api.yaml:1:1: unknown key "proxies"; expected one of listeners"#])
+    }
+
+    @Test func wrongTypes() {
+        let text = """
+            listeners:
+              name: api
+            """
+        #expect(errors(text) == [#"rules/api.yaml:2:3: listeners: expected a list, found a mapping"#])
+        let text2 = """
+            listeners:
+              - name: [a, b]
+                listen: 127.0.0.1:8080
+                upstream: 127.0.0.1:9000
+                timeouts: 5s
+            """
+        #expect(errors(text2) == [
+            #"rules/api.yaml:2:11: listeners[0].name: expected a string, found a list"#,
+            #"rules/api.yaml:5:15: listeners[0].timeouts: expected a mapping of connect, idle, found "5s""#,
+        ])
+    }
+
+    @Test func durationsNeedAUnit() {
+        let text = """
+            listeners:
+              - name: api
+                listen: 127.0.0.1:8080
+                upstream: 127.0.0.1:9000
+                timeouts:
+                  connect: 5
+                  idle: 0s
+            """
+        #expect(errors(text) == [
+            #"rules/api.yaml:6:16: listeners[0].timeouts.connect: "5" is not a duration (write it with a unit: 250ms, 1.5s, 2m)"#,
+            #"rules/api.yaml:7:13: listeners[0].timeouts.idle: 0s is below the minimum of 1ms"#,
+        ])
+    }
+
+    @Test func portsAndHosts() {
+        let text = """
+            listeners:
+              - name: api
+                listen: 127.0.0.1:70000
+                upstream: ::1:9000
+              - name: "bad name!"
+                listen: example.com:80
+                upstream: 127.0.0.1:0
+            """
+        #expect(errors(text) == [
+            #"rules/api.yaml:3:13: listeners[0].listen: "127.0.0.1:70000" is not host:port (it has a port outside 1-65535)"#,
+            #"rules/api.yaml:4:15: listeners[0].upstream: "::1:9000" is not host:port (it is an IPv6 address without brackets (write [::1]:8080))"#,
+            #"rules/api.yaml:5:11: listeners[1].name: "bad name!" is not a valid name (letters, digits, '-', '_', '.', at most 64)"#,
+            #"rules/api.yaml:6:13: listeners[1].listen: "example.com:80" must listen on an IP address or localhost"#,
+            #"rules/api.yaml:7:15: listeners[1].upstream: "127.0.0.1:0" is not host:port (it has a port outside 1-65535)"#,
+        ])
+    }
+
+    @Test func protocolNotYetAvailable() {
+        let text = """
+            listeners:
+              - name: api
+                listen: 127.0.0.1:8080
+                upstream: 127.0.0.1:9000
+                protocol: tcpp
+            """
+        #expect(errors(text) == [#"rules/api.yaml:5:15: listeners[0].protocol: "tcpp" is not one of tcp; did you mean "tcp"?"#])
+    }
+
+    @Test func truncatedYAMLIsAnErrorWithItsPosition() {
+        let text = """
+            listeners:
+              - name: api
+                listen: "127.0.0.1:8080
+            """
+        #expect(errors(text) == [
+            "rules/api.yaml:3:28: invalid YAML: found unexpected end of stream (while scanning a quoted scalar at 3:13)"
+        ])
+    }
+
+    @Test func duplicateNamesAndAddressesAcrossFiles() {
+        let a = """
+            listeners:
+              - name: api
+                listen: 127.0.0.1:8080
+                upstream: 127.0.0.1:9000
+            """
+        let b = """
+            # another file
+            listeners:
+              - name: api
+                listen: 127.0.0.1:8081
+                upstream: 127.0.0.1:9000
+              - name: other
+                listen: 0.0.0.0:8080
+                upstream: 127.0.0.1:9000
+            """
+        let result = RuleLoader.load(sources: [("rules/a.yaml", a), ("rules/b.yaml", b)])
+        guard case .failure(let errors) = result else {
+            Issue.record("expected errors")
+            return
+        }
+        #expect(errors.errors.map(\.description) == [
+            #"rules/b.yaml:3:5: listener "api" is already declared at rules/a.yaml:2:5"#,
+            #"rules/b.yaml:6:5: listener "other" listens on 0.0.0.0:8080, as does "api" (rules/a.yaml:2:5)"#,
+        ])
+    }
+
+    @Test func allErrorsOfAFileAreReported() {
+        let text = """
+            listeners:
+              - name: a
+                listen: nope
+                upstream: nope
+              - listen: 127.0.0.1:1
+                upstream: 127.0.0.1:2
+            """
+        #expect(errors(text).count == 3)
+    }
+}
+
+struct ValueParsingTests {
+    @Test func durations() {
+        #expect(DurationText.parse("250ms") == .milliseconds(250))
+        #expect(DurationText.parse("1.5s") == .milliseconds(1500))
+        #expect(DurationText.parse("2m") == .seconds(120))
+        #expect(DurationText.parse("1h30m") == .seconds(5400))
+        #expect(DurationText.parse("500us") == .microseconds(500))
+        #expect(DurationText.parse("5") == nil)
+        #expect(DurationText.parse("5 s") == nil)
+        #expect(DurationText.parse("ms") == nil)
+        #expect(DurationText.parse("") == nil)
+        #expect(DurationText.format(.milliseconds(1500)) == "1500ms")
+        #expect(DurationText.format(.seconds(120)) == "2m")
+    }
+
+    @Test func sizes() {
+        #expect(ByteSizeText.parse("64KiB") == 65536)
+        #expect(ByteSizeText.parse("1.5MiB") == 1_572_864)
+        #expect(ByteSizeText.parse("10KB") == 10_000)
+        #expect(ByteSizeText.parse("512") == 512)
+        #expect(ByteSizeText.parse("512B") == 512)
+        #expect(ByteSizeText.parse("0.5B") == nil)
+        #expect(ByteSizeText.parse("12 parsecs") == nil)
+    }
+
+    @Test func hostPorts() throws {
+        #expect(try HostPort.parse("[::1]:8080").get() == HostPort(host: "::1", port: 8080))
+        #expect(try HostPort.parse("127.0.0.1:0", allowPortZero: true).get().port == 0)
+        #expect(throws: HostPortError.self) { try HostPort.parse("127.0.0.1:0").get() }
+        #expect(throws: HostPortError.self) { try HostPort.parse("[::1]8080").get() }
+        #expect(throws: HostPortError.self) { try HostPort.parse("host:port").get() }
+        #expect(HostPort(host: "::1", port: 1).description == "[::1]:1")
+        #expect(HostPort(host: "10.0.0.1", port: 1).isIPv4Literal)
+        #expect(!HostPort(host: "10.0.0.256", port: 1).isIPv4Literal)
+    }
+
+    @Test func didYouMean() {
+        #expect(RuleLoader.load(sources: [("f", "listenrs: []")]).errorDescriptions
+            == [#"f:1:1: unknown key "listenrs"; did you mean "listeners"?"#])
+    }
+}
+
+extension Result where Success == RuleSet, Failure == RuleErrors {
+    var errorDescriptions: [String] {
+        if case .failure(let errors) = self { return errors.errors.map(\.description) }
+        return []
+    }
+}
