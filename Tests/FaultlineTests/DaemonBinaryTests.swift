@@ -1,0 +1,168 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import NIOCore
+import NIOPosix
+import Testing
+
+/// The built `faultlined` as a user runs it: start errors, `--check`, and SIGTERM draining.
+@Suite(.serialized)
+struct DaemonBinaryTests {
+    func ruleFolder(_ files: [String: String]) throws -> String {
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("faultline-rules-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        for (name, text) in files {
+            try text.write(toFile: directory + "/" + name, atomically: true, encoding: .utf8)
+        }
+        return directory
+    }
+
+    @Test func badRuleFileStopsTheStartWithFileLineColumn() async throws {
+        let folder = try ruleFolder([
+            "api.yaml": """
+                listeners:
+                  - name: api
+                    listen: 127.0.0.1:0
+                    upstream: db
+                  - name: api
+                    listen: 127.0.0.1:0
+                    upstream: 127.0.0.1:1
+                """
+        ])
+        let (status, _, stderr) = try await DaemonProcess.run(["--rules", folder, "--no-metrics"])
+        #expect(status == 1)
+        #expect(stderr.contains(#"\#(folder)/api.yaml:4:15: listeners[0].upstream: "db" is not host:port (it has no port)"#))
+        #expect(stderr.contains("faultlined: 1 error in \(folder); nothing started"))
+        try? FileManager.default.removeItem(atPath: folder)
+    }
+
+    @Test func checkPrintsWhatWouldRun() async throws {
+        let folder = try ruleFolder([
+            "a.yaml": "listeners:\n  - name: a\n    listen: 127.0.0.1:0\n    upstream: 127.0.0.1:9\n"
+        ])
+        let (status, stdout, _) = try await DaemonProcess.run(["--check", "--rules", folder])
+        #expect(status == 0)
+        #expect(stdout == "rules OK: 1 file, 1 listener: a 127.0.0.1:0 -> 127.0.0.1:9\n")
+        try? FileManager.default.removeItem(atPath: folder)
+    }
+
+    @Test func sigtermLetsOpenConnectionsFinish() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let echo = try await TestServer.start(group: group) { EchoHandler() }
+        let port = try unusedPort()
+        let daemon = try DaemonProcess([
+            "--listen", "127.0.0.1:\(port)", "--upstream", "127.0.0.1:\(echo.port)",
+            "--no-metrics", "--grace", "20s", "--log-level", "info",
+        ])
+        #expect(await daemon.waitForLog("started"))
+
+        let connection = try await LineClient.connect(port: port, group: group)
+        #expect(try await connection.exchange("before") == "before")
+
+        daemon.signal(SIGTERM)
+        #expect(await daemon.waitForLog("draining"))
+        // No new connections once draining...
+        await #expect(throws: IOError.self) { _ = try await LineClient.connect(port: port, group: group) }
+        // ...but the open one still works.
+        #expect(try await connection.exchange("after") == "after")
+
+        let closedAt = ContinuousClock.now
+        try await connection.close()
+        let status = await daemon.waitForExit()
+        #expect(status == 0)
+        // It left as soon as the last connection ended, long before the 20 s grace period.
+        #expect(ContinuousClock.now - closedAt < .seconds(10))
+
+        await echo.stop()
+        try await group.shutdownGracefully()
+    }
+
+    @Test func sigtermClosesWhatIsLeftAfterTheGracePeriod() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let echo = try await TestServer.start(group: group) { EchoHandler() }
+        let port = try unusedPort()
+        let daemon = try DaemonProcess([
+            "--listen", "127.0.0.1:\(port)", "--upstream", "127.0.0.1:\(echo.port)",
+            "--no-metrics", "--grace", "300ms",
+        ])
+        #expect(await daemon.waitForLog("started"))
+        let connection = try await LineClient.connect(port: port, group: group)
+        #expect(try await connection.exchange("hello") == "hello")
+
+        let signalledAt = ContinuousClock.now
+        daemon.signal(SIGTERM)
+        try await connection.closed()
+        #expect(ContinuousClock.now - signalledAt >= .milliseconds(300))
+        #expect(await daemon.waitForExit() == 0)
+
+        await echo.stop()
+        try await group.shutdownGracefully()
+    }
+}
+
+/// A plain blocking socket client that sends a line and reads one back. Every call is bounded
+/// by a 10 s socket timeout, so a test can fail but never hang.
+final class LineClient: Sendable {
+    let fd: Int32
+
+    private init(fd: Int32) {
+        self.fd = fd
+    }
+
+    static func connect(port: Int, group: EventLoopGroup) async throws -> LineClient {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard result == 0 else {
+            let error = errno
+            Glibc.close(fd)
+            throw IOError(errnoCode: error, reason: "connect")
+        }
+        return LineClient(fd: fd)
+    }
+
+    /// Sends `text` + newline and returns the line that comes back.
+    func exchange(_ text: String) async throws -> String {
+        let bytes = Array((text + "\n").utf8)
+        guard send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL)) == bytes.count else {
+            throw IOError(errnoCode: errno, reason: "send")
+        }
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while received.last != UInt8(ascii: "\n") {
+            let count = recv(fd, &chunk, chunk.count, 0)
+            guard count > 0 else { throw IOError(errnoCode: count == 0 ? ECONNRESET : errno, reason: "recv") }
+            received += chunk[0..<count]
+        }
+        return String(decoding: received.dropLast(), as: UTF8.self)
+    }
+
+    func close() async throws {
+        Glibc.close(fd)
+    }
+
+    /// Returns when the peer closes the connection (end of file or reset).
+    func closed() async throws {
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = recv(fd, &chunk, chunk.count, 0)
+            if count == 0 { return }
+            if count < 0 {
+                if errno == EAGAIN || errno == EWOULDBLOCK { throw IOError(errnoCode: errno, reason: "recv timed out") }
+                return
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+import Foundation
+import Synchronization
+
+/// The built `faultlined` binary run as a child process, with its log lines readable as they
+/// come, for end-to-end tests (exit codes, signals, messages a user sees).
+final class DaemonProcess: Sendable {
+    let process: Process
+    private let lines: AsyncStream<String>
+    private let allOutput = TextBuffer()
+    private let stdoutText = TextBuffer()
+
+    static var binary: URL {
+        if let path = ProcessInfo.processInfo.environment["FAULTLINED_BIN"] {
+            return URL(fileURLWithPath: path)
+        }
+        // swift test builds the executables next to the test bundle.
+        let testBinary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var directory = testBinary.deletingLastPathComponent()
+        while directory.path != "/" {
+            let candidate = directory.appendingPathComponent("faultlined")
+            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+            directory = directory.deletingLastPathComponent()
+        }
+        return URL(fileURLWithPath: ".build/debug/faultlined")
+    }
+
+    init(_ arguments: [String]) throws {
+        process = Process()
+        process.executableURL = Self.binary
+        process.arguments = arguments
+        let errorPipe = Pipe()
+        let outputPipe = Pipe()
+        process.standardError = errorPipe
+        process.standardOutput = outputPipe
+        process.standardInput = FileHandle.nullDevice
+        let (stream, continuation) = AsyncStream<String>.makeStream()
+        lines = stream
+        let pending = TextBuffer()
+        let all = allOutput
+        errorPipe.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            if data.isEmpty {
+                handle.readabilityHandler = nil
+                continuation.finish()
+                return
+            }
+            let text = String(decoding: data, as: UTF8.self)
+            all.text.withLock { $0 += text }
+            let complete: [String] = pending.text.withLock { buffer in
+                buffer += text
+                var parts = buffer.components(separatedBy: "\n")
+                buffer = parts.removeLast()
+                return parts
+            }
+            for line in complete { continuation.yield(line) }
+        }
+        let out = stdoutText
+        outputPipe.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            if data.isEmpty {
+                handle.readabilityHandler = nil
+                return
+            }
+            out.text.withLock { $0 += String(decoding: data, as: UTF8.self) }
+        }
+        try process.run()
+    }
+
+    /// Everything written to standard error so far.
+    var standardError: String { allOutput.text.withLock { $0 } }
+    var standardOutput: String { stdoutText.text.withLock { $0 } }
+
+    /// Waits (at most `timeout`) for a log line that contains `text`.
+    func waitForLog(_ text: String, timeout: Duration = .seconds(20)) async -> Bool {
+        let lines = self.lines
+        return await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                for await line in lines where line.contains(text) { return true }
+                return false
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+    }
+
+    func signal(_ number: Int32) {
+        kill(process.processIdentifier, number)
+    }
+
+    /// Waits for the process to exit (at most `timeout`, then kills it) and returns its status.
+    func waitForExit(timeout: Duration = .seconds(30)) async -> Int32 {
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning {
+            if ContinuousClock.now > deadline {
+                process.terminate()
+                kill(process.processIdentifier, SIGKILL)
+                break
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    /// Runs the binary to completion (for `--check` and start errors).
+    static func run(_ arguments: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
+        let daemon = try DaemonProcess(arguments)
+        let status = await daemon.waitForExit()
+        // The pipes may still hold the last bytes: wait for end of file on stderr.
+        _ = await daemon.waitForLog("\u{0}", timeout: .seconds(2))
+        return (status, daemon.standardOutput, daemon.standardError)
+    }
+}
+
+final class TextBuffer: Sendable {
+    let text = Mutex<String>("")
+}
