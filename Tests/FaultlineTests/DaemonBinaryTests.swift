@@ -48,6 +48,34 @@ struct DaemonBinaryTests {
         try? FileManager.default.removeItem(atPath: folder)
     }
 
+    @Test func tellsSystemdWhenReadyAndWhenStopping() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("fl-notify-\(UUID().uuidString)").path
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd); unlink(path) }
+        var timeout = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(bound == 0)
+
+        let daemon = try DaemonProcess(
+            ["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:9", "--no-metrics"],
+            environment: ["NOTIFY_SOCKET": path])
+        func receive() -> String {
+            var buffer = [UInt8](repeating: 0, count: 512)
+            let count = recv(fd, &buffer, buffer.count, 0)
+            return count > 0 ? String(decoding: buffer[0..<count], as: UTF8.self) : ""
+        }
+        #expect(receive().hasPrefix("READY=1\nSTATUS=0 files, 1 listener: default"))
+        daemon.signal(SIGTERM)
+        #expect(receive() == "STOPPING=1")
+        #expect(await daemon.waitForExit() == 0)
+    }
+
     @Test func sigtermLetsOpenConnectionsFinish() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let echo = try await TestServer.start(group: group) { EchoHandler() }

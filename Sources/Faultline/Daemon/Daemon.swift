@@ -82,8 +82,10 @@ public final class Daemon: Sendable {
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully: the proxy drains first, the
     /// demo service and the metrics endpoint stop last so that they serve the drain.
-    public func run() async throws {
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+    /// `onReady` runs once the signal handlers are in place, so that a SIGTERM sent as soon as
+    /// the daemon says it is ready is a graceful shutdown, never the default kill.
+    public func run(onReady: @escaping @Sendable () -> Void = {}) async throws {
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: ReadinessService(onReady: onReady))]
         if let metricsServer { services.append(.init(service: HTTPServerService(server: metricsServer))) }
         if let demoServer { services.append(.init(service: HTTPServerService(server: demoServer))) }
         services.append(.init(service: proxy))
@@ -108,6 +110,16 @@ public final class Daemon: Sendable {
 
 public struct DaemonStartError: Error, CustomStringConvertible {
     public var description: String
+}
+
+/// Announces readiness from inside the service group, where the signals are already trapped.
+struct ReadinessService: Service {
+    let onReady: @Sendable () -> Void
+
+    func run() async throws {
+        onReady()
+        try? await gracefulShutdown()
+    }
 }
 
 /// A `SmallHTTPServer` as a service: serves until graceful shutdown.

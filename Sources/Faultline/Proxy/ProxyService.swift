@@ -51,6 +51,7 @@ public final class ProxyService: Service, Sendable {
     public func run() async throws {
         // Runs until the service group asks for a graceful shutdown (SIGTERM, SIGINT).
         try? await gracefulShutdown()
+        SystemdNotify.send("STOPPING=1")
         await drain(gracePeriod: gracePeriod)
     }
 

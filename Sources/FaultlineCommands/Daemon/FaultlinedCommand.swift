@@ -102,8 +102,11 @@ public struct FaultlinedCommand: AsyncParsableCommand {
             printToStandardError("faultlined: \(error)")
             throw ExitCode(1)
         }
-        logger.info("started", metadata: ["version": "\(FaultlineVersion.current)", "rules": "\(ruleSet.summary)"])
-        try await daemon.run()
+        let summary = ruleSet.summary
+        try await daemon.run {
+            logger.info("started", metadata: ["version": "\(FaultlineVersion.current)", "rules": "\(summary)"])
+            SystemdNotify.send("READY=1\nSTATUS=\(summary)")
+        }
     }
 }
 

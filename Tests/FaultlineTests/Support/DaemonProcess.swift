@@ -24,10 +24,13 @@ final class DaemonProcess: Sendable {
         return URL(fileURLWithPath: ".build/debug/faultlined")
     }
 
-    init(_ arguments: [String]) throws {
+    init(_ arguments: [String], environment: [String: String] = [:]) throws {
         process = Process()
         process.executableURL = Self.binary
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         let errorPipe = Pipe()
         let outputPipe = Pipe()
         process.standardError = errorPipe
