@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Faultline's own throughput benchmark: the same nginx upstream measured directly and through
+# faultlined (release build, no fault configured), in one run, with wrk. Loopback only; every
+# wrk run is bounded by its duration.
+#
+#   Tests/Benchmarks/proxy-bench.sh [--duration SECONDS] [--conns N] [--rounds N]
+#
+# Prints requests/s for keep-alive and new-connection (Connection: close) requests on a
+# 128-byte response, MiB/s on 1 MiB responses, and each as a ratio to direct. Installs wrk
+# and nginx-light with apt-get when they are missing (Debian). Compare ratios, not absolute
+# numbers: the load generator, nginx and the proxy share the machine's cores.
+set -euo pipefail
+
+duration=5
+conns=64
+rounds=3
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --duration) duration="$2"; shift 2 ;;
+        --conns) conns="$2"; shift 2 ;;
+        --rounds) rounds="$2"; shift 2 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ ${#missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+
+(cd "$root" && swift build -c release --product faultlined >/dev/null)
+faultlined="$root/.build/release/faultlined"
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+upstream_port=18580
+proxy_port=18581
+mkdir -p "$work/www"
+head -c 128 /dev/urandom > "$work/www/small"
+head -c 1048576 /dev/urandom > "$work/www/1m"
+cat > "$work/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$upstream_port;
+        root $work/www;
+    }
+}
+CONF
+"$nginx_bin" -c "$work/nginx.conf" -p "$work" &
+pids+=($!)
+"$faultlined" --listen 127.0.0.1:$proxy_port --upstream 127.0.0.1:$upstream_port --no-metrics --log-level error &
+pids+=($!)
+
+wait_for_port() {
+    for _ in $(seq 1 100); do
+        if curl -s -o /dev/null "http://127.0.0.1:$1/small"; then return 0; fi
+        sleep 0.1
+    done
+    echo "port $1 did not answer" >&2
+    exit 1
+}
+wait_for_port $upstream_port
+wait_for_port $proxy_port
+
+# Byte-exact check before measuring.
+cmp <(curl -s "http://127.0.0.1:$proxy_port/1m") "$work/www/1m"
+
+# wrk's summary line: "Requests/sec: N" and "Transfer/sec: N{KB,MB,GB}".
+measure() { # port path extra-args...
+    local port="$1" path="$2"; shift 2
+    wrk -t2 -c"$conns" -d"${duration}s" "$@" "http://127.0.0.1:$port$path" 2>/dev/null
+}
+requests_per_second() { awk '/Requests\/sec/ {print $2}'; }
+mib_per_second() {
+    awk '/Transfer\/sec/ { v=$2; u=substr(v, length(v)-1); n=substr(v, 1, length(v)-2);
+        if (u=="GB") n*=1024; else if (u=="KB") n/=1024; print n }'
+}
+
+declare -A results
+for round in $(seq 1 "$rounds"); do
+    for target in direct:$upstream_port faultline:$proxy_port; do
+        name="${target%%:*}"; port="${target##*:}"
+        results[$name-ka-$round]=$(measure "$port" /small | requests_per_second)
+        results[$name-close-$round]=$(measure "$port" /small -H 'Connection: close' | requests_per_second)
+        results[$name-bulk-$round]=$(wrk -t2 -c8 -d"${duration}s" "http://127.0.0.1:$port/1m" 2>/dev/null | mib_per_second)
+    done
+done
+
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+printf '%-32s %14s %14s %8s\n' "test (median of $rounds)" direct faultline ratio
+for test in ka close bulk; do
+    d=(); f=()
+    for round in $(seq 1 "$rounds"); do d+=("${results[direct-$test-$round]}"); f+=("${results[faultline-$test-$round]}"); done
+    dm=$(median "${d[@]}"); fm=$(median "${f[@]}")
+    label=$([ $test = ka ] && echo "keep-alive req/s" || ([ $test = close ] && echo "new connection req/s" || echo "1 MiB responses MiB/s"))
+    printf '%-32s %14.1f %14.1f %8.2f\n' "$label" "$dm" "$fm" "$(awk -v a="$fm" -v b="$dm" 'BEGIN {print a/b}')"
+done
