@@ -30,7 +30,7 @@ struct UpstreamFailureTests {
         let fine = try await TestClient.transfer(port: daemon.port("up"), group: group, send: 1000, halfClose: true)
         #expect(fine.received == 1000 && fine.mismatchAt == nil)
 
-        let text = String(decoding: daemon.metrics.exposition(), as: UTF8.self)
+        let text = await daemon.metricsText()
         #expect(text.contains(#"faultline_upstream_connect_failures_total{listener="down",reason="refused"} 1"#))
         #expect(text.contains(#"faultline_connections_accepted_total{listener="up"} 1"#))
 
@@ -54,7 +54,7 @@ struct UpstreamFailureTests {
         #expect(result.received == 0)
         #expect(elapsed >= .milliseconds(300))
         #expect(elapsed < .seconds(3))
-        let text = String(decoding: daemon.metrics.exposition(), as: UTF8.self)
+        let text = await daemon.metricsText()
         #expect(text.contains(#"faultline_upstream_connect_failures_total{listener="test",reason="timeout"} 1"#))
 
         await daemon.shutdown()

@@ -55,7 +55,7 @@ public final class Daemon: Sendable {
             try await proxy.start(rules)
             if let address = options.metricsAddress {
                 metricsServer = try await bindServer(
-                    "metrics", address, group: group, handler: MetricsEndpoint.handler(metrics: metrics))
+                    "metrics", address, group: group, handler: MetricsEndpoint.handler(metrics: metrics) { await proxy.collectMetrics() })
                 logger.info("metrics listening", metadata: ["address": "\(metricsServer!.localAddress)"])
             }
         } catch {
@@ -97,6 +97,12 @@ public final class Daemon: Sendable {
         try await serviceGroup.run()
         try await group.shutdownGracefully()
         logger.info("stopped")
+    }
+
+    /// The metrics as `/metrics` serves them, brought up to date first.
+    public func metricsText() async -> String {
+        await proxy.collectMetrics()
+        return String(decoding: metrics.exposition(), as: UTF8.self)
     }
 
     /// Stops everything now (tests); open connections get `gracePeriod` to finish.

@@ -9,6 +9,12 @@ final class ConnectionTracker: @unchecked Sendable {
     private var connections: [ObjectIdentifier: ProxyConnection] = [:]
     private var nextID: UInt64
     private let idStride: UInt64
+    private var idleSweep: RepeatedTask?
+
+    /// Counts since the last metrics scrape, folded into the shared counters by `takeCounts`.
+    var bytesUpstream: Int64 = 0
+    var bytesDownstream: Int64 = 0
+    private var accepted: Int64 = 0
 
     /// Connection ids are unique per listener: each loop counts from its own index in steps
     /// of the loop count.
@@ -25,6 +31,7 @@ final class ConnectionTracker: @unchecked Sendable {
 
     func add(_ connection: ProxyConnection) {
         connections[ObjectIdentifier(connection)] = connection
+        accepted &+= 1
     }
 
     func remove(_ connection: ProxyConnection) {
@@ -32,6 +39,37 @@ final class ConnectionTracker: @unchecked Sendable {
     }
 
     var count: Int { connections.count }
+
+    struct Counts: Sendable {
+        var accepted: Int64
+        var bytesUpstream: Int64
+        var bytesDownstream: Int64
+        var open: Int
+    }
+
+    /// The counts since the last call, and the connections open now.
+    func takeCounts() -> Counts {
+        defer {
+            accepted = 0
+            bytesUpstream = 0
+            bytesDownstream = 0
+        }
+        return Counts(accepted: accepted, bytesUpstream: bytesUpstream, bytesDownstream: bytesDownstream, open: count)
+    }
+
+    /// One repeating task per loop and listener checks every connection for idleness, four
+    /// times per idle timeout, instead of a timer per connection.
+    func startIdleSweep(idleTimeout: TimeAmount) {
+        let interval = TimeAmount.nanoseconds(max(idleTimeout.nanoseconds / 4, 1_000_000))
+        idleSweep = eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            for connection in self.connections.values { connection.idleSweep() }
+        }
+    }
+
+    func stopIdleSweep() {
+        idleSweep?.cancel()
+        idleSweep = nil
+    }
 
     func closeAll() {
         for connection in connections.values { connection.closeAll() }

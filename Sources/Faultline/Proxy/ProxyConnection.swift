@@ -23,7 +23,9 @@ final class ProxyConnection {
     let eventLoop: EventLoop
     private let listener: ListenerConfiguration
     private let tracker: ConnectionTracker
-    private var logger: Logger
+    /// The listener's logger; the connection id is added only to lines actually logged, so
+    /// that accepting a connection does not copy a metadata dictionary.
+    private let logger: Logger
 
     private var state: State = .dialing
     private var clientHandler: ProxySideHandler?
@@ -46,10 +48,10 @@ final class ProxyConnection {
     private let acceptedAt = NIODeadline.now()
     private var bytesUpstream: Int64 = 0
     private var bytesDownstream: Int64 = 0
-    /// Set by each read; the idle timer checks and clears it (cheaper than a clock read per chunk).
+    /// Set by each read; the loop's idle sweep checks and clears it (cheaper than a clock
+    /// read per chunk, and no timer per connection).
     private var sawActivity = false
-    private var quietTicks = 0
-    private var idleTimer: Scheduled<Void>?
+    private var quietSweeps = 0
 
     init(id: UInt64, clientChannel: Channel, listener: ListenerConfiguration, tracker: ConnectionTracker, logger: Logger) {
         self.id = id
@@ -57,8 +59,6 @@ final class ProxyConnection {
         self.clientChannel = clientChannel
         self.listener = listener
         self.tracker = tracker
-        var logger = logger
-        logger[metadataKey: "conn.id"] = "\(id)"
         self.logger = logger
     }
 
@@ -76,9 +76,6 @@ final class ProxyConnection {
         case .client:
             clientActive = true
             tracker.add(self)
-            listener.metrics.accepted.increment()
-            listener.metrics.open.increment()
-            armIdleTimer()
             dialUpstream()
         case .upstream:
             upstreamActive = true
@@ -93,13 +90,15 @@ final class ProxyConnection {
     func forward(_ buffer: ByteBuffer, from side: ProxySide) {
         sawActivity = true
         let count = Int64(buffer.readableBytes)
+        // Counted in plain loop-confined integers; the metrics endpoint folds the loop's
+        // totals into the shared counters when it is scraped (no atomic per chunk).
         switch side {
         case .client:
-            bytesUpstream += count
-            listener.metrics.bytesUpstream.increment(by: count)
+            bytesUpstream &+= count
+            tracker.bytesUpstream &+= count
         case .upstream:
-            bytesDownstream += count
-            listener.metrics.bytesDownstream.increment(by: count)
+            bytesDownstream &+= count
+            tracker.bytesDownstream &+= count
         }
         handler(side.partner)?.write(buffer)
     }
@@ -122,7 +121,7 @@ final class ProxyConnection {
         if let ioError = error as? IOError, ioError.errnoCode == ECONNRESET || ioError.errnoCode == EPIPE {
             if resetOn == nil { resetOn = side }
         } else if !(error is ChannelError) {
-            logger.debug("connection error", metadata: ["side": "\(side)", "error": "\(error)"])
+            logger.debug("connection error", metadata: ["conn.id": "\(id)", "side": "\(side)", "error": "\(error)"])
         }
         failed(side)
         channel(side)?.close(promise: nil)
@@ -219,7 +218,10 @@ final class ProxyConnection {
         listener.metrics.connectFailures(reason).increment()
         logger.warning(
             "upstream connect failed; closing client",
-            metadata: ["upstream": "\(listener.rule.upstream)", "reason": "\(reason.rawValue)", "error": "\(error)"])
+            metadata: [
+                "conn.id": "\(id)", "upstream": "\(listener.rule.upstream)", "reason": "\(reason.rawValue)",
+                "error": "\(error)",
+            ])
         upstreamHandler = nil
         upstreamChannel = nil
         state = .closed
@@ -235,25 +237,18 @@ final class ProxyConnection {
         upstreamChannel?.close(promise: nil)
     }
 
-    private func armIdleTimer() {
-        // Ticks at a quarter of the idle timeout: a silent connection is closed between 1 and
-        // 1.25 idle periods after its last byte, with no clock read on the data path.
-        let tick = TimeAmount.nanoseconds(max(listener.rule.idleTimeout.nanoseconds / 4, 1_000_000))
-        idleTimer = eventLoop.assumeIsolated().scheduleTask(in: tick) { [self] in
-            idleTimer = nil
-            guard !finished else { return }
-            if sawActivity {
-                sawActivity = false
-                quietTicks = 0
-            } else {
-                quietTicks += 1
-            }
-            if quietTicks >= 4 {
-                logger.debug("idle timeout; closing")
-                closeAll()
-            } else {
-                armIdleTimer()
-            }
+    /// Called by the loop's idle sweep, four times per idle timeout: a connection with no byte
+    /// in four sweeps in a row has been silent for at least one idle period, and is closed.
+    func idleSweep() {
+        if sawActivity {
+            sawActivity = false
+            quietSweeps = 0
+            return
+        }
+        quietSweeps += 1
+        if quietSweeps >= 4 {
+            logger.debug("idle timeout; closing", metadata: ["conn.id": "\(id)"])
+            closeAll()
         }
     }
 
@@ -261,15 +256,16 @@ final class ProxyConnection {
         guard !finished else { return }
         finished = true
         state = .closed
-        idleTimer?.cancel()
-        idleTimer = nil
         tracker.remove(self)
-        listener.metrics.open.decrement()
         let lifetime = NIODeadline.now() - acceptedAt
         listener.metrics.duration.recordNanoseconds(lifetime.nanoseconds)
-        logger.trace(
-            "connection closed",
-            metadata: ["bytes.upstream": "\(bytesUpstream)", "bytes.downstream": "\(bytesDownstream)"])
+        if logger.logLevel <= .trace {
+            logger.trace(
+                "connection closed",
+                metadata: [
+                    "conn.id": "\(id)", "bytes.upstream": "\(bytesUpstream)", "bytes.downstream": "\(bytesDownstream)",
+                ])
+        }
         // Break the handler <-> connection cycle.
         clientHandler = nil
         upstreamHandler = nil

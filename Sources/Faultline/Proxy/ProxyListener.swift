@@ -62,6 +62,8 @@ public final class ProxyListener: Sendable {
                     // Port 0: every other loop binds the port the kernel chose for the first.
                     address = bound
                 }
+                let idleTimeout = TimeAmount.nanoseconds(rule.idleTimeout.nanoseconds)
+                try await loop.submit { tracker.startIdleSweep(idleTimeout: idleTimeout) }.get()
                 acceptors.append(Acceptor(serverChannel: channel, tracker: tracker))
             }
         } catch {
@@ -131,11 +133,30 @@ public final class ProxyListener: Sendable {
         return total
     }
 
-    /// Closes every open connection now.
+    /// Closes every open connection now; the listener is finished.
     func closeAllConnections() async {
         for acceptor in acceptors {
-            try? await acceptor.tracker.eventLoop.submit { acceptor.tracker.closeAll() }.get()
+            try? await acceptor.tracker.eventLoop.submit {
+                acceptor.tracker.stopIdleSweep()
+                acceptor.tracker.closeAll()
+            }.get()
         }
+    }
+
+    /// Folds each loop's counts since the last scrape into the shared metrics; the data path
+    /// itself only adds to plain integers on its own loop.
+    func collectMetrics() async {
+        let metrics = configuration.value.withLock { $0.metrics }
+        var open = 0
+        for acceptor in acceptors {
+            guard let counts = try? await acceptor.tracker.eventLoop.submit({ acceptor.tracker.takeCounts() }).get()
+            else { continue }
+            metrics.accepted.increment(by: counts.accepted)
+            metrics.bytesUpstream.increment(by: counts.bytesUpstream)
+            metrics.bytesDownstream.increment(by: counts.bytesDownstream)
+            open += counts.open
+        }
+        metrics.open.set(Int64(open))
     }
 
     /// Bytes the proxy holds in its outbound buffers for this listener's connections.

@@ -72,6 +72,11 @@ public final class ProxyService: Service, Sendable {
         }
     }
 
+    /// Brings the shared metrics up to date with every listener's loops.
+    public func collectMetrics() async {
+        for listener in listeners { await listener.collectMetrics() }
+    }
+
     private func openConnections(_ listeners: [ProxyListener]) async -> Int {
         var total = 0
         for listener in listeners { total += await listener.openConnections() }

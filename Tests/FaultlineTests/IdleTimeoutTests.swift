@@ -1,0 +1,50 @@
+import Faultline
+import NIOCore
+import NIOPosix
+import Testing
+
+/// A connection silent in both directions for the idle timeout is closed; one that keeps
+/// talking is not.
+struct IdleTimeoutTests {
+    @Test func silentConnectionIsClosedAfterTheIdleTimeout() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let echo = try await TestServer.start(group: group) { EchoHandler() }
+        let daemon = try await TestDaemon.start(
+            [TestDaemon.listener(upstreamPort: echo.port) { $0.idleTimeout = .milliseconds(200) }])
+
+        let client = try await LineClient.connect(port: daemon.port(), group: group)
+        #expect(try await client.exchange("hi") == "hi")
+        let lastByte = ContinuousClock.now
+        try await client.closed()
+        let silent = ContinuousClock.now - lastByte
+        #expect(silent >= .milliseconds(200))
+        #expect(silent < .seconds(2))
+
+        await daemon.shutdown()
+        await echo.stop()
+        try await group.shutdownGracefully()
+    }
+
+    @Test func talkingConnectionOutlivesTheIdleTimeout() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let echo = try await TestServer.start(group: group) { EchoHandler() }
+        let daemon = try await TestDaemon.start(
+            [TestDaemon.listener(upstreamPort: echo.port) { $0.idleTimeout = .milliseconds(300) }])
+
+        let client = try await LineClient.connect(port: daemon.port(), group: group)
+        let start = ContinuousClock.now
+        // An exchange every 50 ms for 1 s: over three idle periods, never idle.
+        var exchanges = 0
+        while ContinuousClock.now - start < .seconds(1) {
+            #expect(try await client.exchange("tick \(exchanges)") == "tick \(exchanges)")
+            exchanges += 1
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(exchanges > 5)
+
+        try await client.close()
+        await daemon.shutdown()
+        await echo.stop()
+        try await group.shutdownGracefully()
+    }
+}
