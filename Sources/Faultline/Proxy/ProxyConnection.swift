@@ -175,8 +175,8 @@ final class ProxyConnection {
         let loopBoundSelf = NIOLoopBound(self, eventLoop: eventLoop)
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.nanoseconds(listener.rule.connectTimeout.nanoseconds))
+            // TCP_NODELAY is NIO's default for client channels too.
             .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 // Runs on this connection's loop: the bootstrap's group is that loop.
                 let connection = loopBoundSelf.value

@@ -96,8 +96,8 @@ public final class ProxyListener: Sendable {
                 level: NIOBSDSocket.OptionLevel(rawValue: SOL_SOCKET), name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
             // Accept a burst of connections per wake-up rather than one.
             .serverChannelOption(.maxMessagesPerRead, value: 16)
+            // TCP_NODELAY is NIO's default for accepted channels: setting it again costs a syscall.
             .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // The configuration is read once, here: the connection keeps it for life.
