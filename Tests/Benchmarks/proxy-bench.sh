@@ -32,10 +32,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 
-(cd "$root" && swift build -c release --product faultlined >/dev/null)
+# The release build the README recommends: static Swift runtime, optimised for size.
+(cd "$root" && swift build -c release --static-swift-stdlib -Xswiftc -Osize --product faultlined >/dev/null)
 faultlined="$root/.build/release/faultlined"
 
 work="$(mktemp -d)"
+# nginx workers run as an unprivileged user: they must be able to read the files.
+chmod 755 "$work"
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -71,7 +74,7 @@ pids+=($!)
 
 wait_for_port() {
     for _ in $(seq 1 100); do
-        if curl -s -o /dev/null "http://127.0.0.1:$1/small"; then return 0; fi
+        if curl -sf -o /dev/null "http://127.0.0.1:$1/small"; then return 0; fi
         sleep 0.1
     done
     echo "port $1 did not answer" >&2
