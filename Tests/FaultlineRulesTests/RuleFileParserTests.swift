@@ -69,7 +69,7 @@ struct RuleFileParserTests {
     }
 
     @Test func unknownTopLevelKeyListsTheKnownOnes() {
-        #expect(errors("proxies: []\n") == [#"rules/api.yaml:1:1: unknown key "proxies"; expected one of listeners"#])
+        #expect(errors("proxies: []\n") == [#"rules/api.yaml:1:1: unknown key "proxies"; expected one of listeners, faults"#])
     }
 
     @Test func wrongTypes() {

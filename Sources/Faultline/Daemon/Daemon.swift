@@ -16,6 +16,9 @@ public struct DaemonOptions: Sendable {
     public var gracePeriod: Duration = .seconds(10)
     /// Event loops (threads) for the data path.
     public var eventLoops: Int = System.coreCount
+    /// Seed of the fault decisions' random source; nil for a random one. With a seed, the same
+    /// connections in the same order on one loop get the same draws and delays.
+    public var seed: UInt64?
 
     public init() {}
 }
@@ -44,7 +47,9 @@ public final class Daemon: Sendable {
     public static func start(rules: RuleSet, options: DaemonOptions, logger: Logger) async throws -> Daemon {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, options.eventLoops))
         let metrics = FaultlineMetrics()
-        let proxy = ProxyService(group: group, metrics: metrics, gracePeriod: options.gracePeriod, logger: logger)
+        let proxy = ProxyService(
+            group: group, metrics: metrics, gracePeriod: options.gracePeriod,
+            seed: options.seed ?? FaultRandom.randomSeed(), logger: logger)
         var demo: SmallHTTPServer?
         var metricsServer: SmallHTTPServer?
         do {

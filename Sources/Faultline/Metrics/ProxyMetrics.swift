@@ -48,6 +48,14 @@ public final class FaultlineMetrics: Sendable {
         )
     }
 
+    /// Counts each time a fault acts on a connection (once per connection and rule).
+    func faultInjections(listener: String, fault: String, kind: String) -> Counter {
+        registry.makeCounter(
+            descriptor: .init(namespace: "faultline", metricName: "faults_injected", unitName: "total",
+                              helpText: "Faults injected: each connection a fault acts on, by listener, fault rule and kind."),
+            labels: [("listener", listener), ("fault", fault), ("kind", kind)])
+    }
+
     /// Prometheus text exposition of everything registered.
     public func exposition() -> [UInt8] {
         var buffer: [UInt8] = []

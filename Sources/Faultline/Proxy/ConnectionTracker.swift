@@ -1,3 +1,4 @@
+import FaultlineRules
 import NIOCore
 
 /// The open connections of one listener on one event loop. Only touched on that loop, so
@@ -11,6 +12,9 @@ final class ConnectionTracker: @unchecked Sendable {
     private let idStride: UInt64
     private var idleSweep: RepeatedTask?
 
+    /// The random source of this loop's fault decisions for the listener.
+    var random: FaultRandom
+
     /// Counts since the last metrics scrape, folded into the shared counters by `takeCounts`.
     var bytesUpstream: Int64 = 0
     var bytesDownstream: Int64 = 0
@@ -18,8 +22,9 @@ final class ConnectionTracker: @unchecked Sendable {
 
     /// Connection ids are unique per listener: each loop counts from its own index in steps
     /// of the loop count.
-    init(eventLoop: EventLoop, loopIndex: Int, loopCount: Int) {
+    init(eventLoop: EventLoop, loopIndex: Int, loopCount: Int, seed: UInt64) {
         self.eventLoop = eventLoop
+        self.random = FaultRandom(seed: seed &+ UInt64(loopIndex) &* 0x9E37_79B9)
         self.nextID = UInt64(loopIndex) + 1
         self.idStride = UInt64(loopCount)
     }
@@ -69,6 +74,11 @@ final class ConnectionTracker: @unchecked Sendable {
     func stopIdleSweep() {
         idleSweep?.cancel()
         idleSweep = nil
+    }
+
+    /// New fault rules for the listener: every open connection follows them from now on.
+    func rulesChanged(_ rules: [FaultRule]) {
+        for connection in connections.values { connection.rulesChanged(rules) }
     }
 
     func closeAll() {

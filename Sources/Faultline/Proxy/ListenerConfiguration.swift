@@ -1,6 +1,7 @@
 import FaultlineRules
 import Logging
 import NIOCore
+import Prometheus
 
 /// What a connection needs to know about its listener, fixed when the connection is accepted
 /// (a reload that changes the upstream applies to new connections only).
@@ -15,14 +16,28 @@ struct ListenerConfiguration: Sendable {
     let rule: ListenerRule
     let upstream: Upstream
     let metrics: ListenerMetrics
+    /// The fault rules for this listener, in file order.
+    let faults: [FaultRule]
+    /// `faultline_faults_injected_total` for each of them, made once.
+    private let injectionCounters: [String: Counter]
 
-    init(rule: ListenerRule, metrics: ListenerMetrics) throws {
+    init(rule: ListenerRule, faults: [FaultRule], metrics: FaultlineMetrics) throws {
         self.rule = rule
-        self.metrics = metrics
+        self.faults = faults
+        self.metrics = metrics.listener(rule.name)
+        var counters: [String: Counter] = [:]
+        for fault in faults {
+            counters[fault.name] = metrics.faultInjections(listener: rule.name, fault: fault.name, kind: fault.action.kind)
+        }
+        self.injectionCounters = counters
         if rule.upstream.isIPLiteral {
             upstream = .address(try SocketAddress(ipAddress: rule.upstream.host, port: rule.upstream.port))
         } else {
             upstream = .name(rule.upstream.host, rule.upstream.port)
         }
+    }
+
+    func injections(_ fault: FaultRule) -> Counter {
+        injectionCounters[fault.name]!
     }
 }

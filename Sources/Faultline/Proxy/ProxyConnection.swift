@@ -1,3 +1,4 @@
+import FaultlineRules
 import Logging
 import NIOCore
 import NIOPosix
@@ -16,24 +17,26 @@ final class ProxyConnection {
     enum State {
         case dialing
         case open
+        /// A blackhole took the connection at accept: no upstream, client bytes read and dropped.
+        case blackholed
         case closed
     }
 
     let id: UInt64
     let eventLoop: EventLoop
-    private let listener: ListenerConfiguration
-    private let tracker: ConnectionTracker
+    let listener: ListenerConfiguration
+    let tracker: ConnectionTracker
     /// The listener's logger; the connection id is added only to lines actually logged, so
     /// that accepting a connection does not copy a metadata dictionary.
-    private let logger: Logger
+    let logger: Logger
 
-    private var state: State = .dialing
-    private var clientHandler: ProxySideHandler?
-    private var upstreamHandler: ProxySideHandler?
-    private var clientChannel: Channel?
-    private var upstreamChannel: Channel?
-    private var clientActive = false
-    private var upstreamActive = false
+    var state: State = .dialing
+    var clientHandler: ProxySideHandler?
+    var upstreamHandler: ProxySideHandler?
+    var clientChannel: Channel?
+    var upstreamChannel: Channel?
+    var clientActive = false
+    var upstreamActive = false
 
     /// A FIN was forwarded to (the output of) that side.
     private var finForwardedToClient = false
@@ -43,7 +46,7 @@ final class ProxyConnection {
     private var upstreamErrored = false
     /// ECONNRESET seen on that side: the partner is reset too, not closed politely.
     private var resetOn: ProxySide?
-    private var finished = false
+    var finished = false
 
     private let acceptedAt = NIODeadline.now()
     private var bytesUpstream: Int64 = 0
@@ -53,6 +56,20 @@ final class ProxyConnection {
     private var sawActivity = false
     private var quietSweeps = 0
 
+    // Faults (see ProxyConnection+Faults.swift). Empty for a listener without fault rules.
+    /// What the faults in force do to this connection.
+    var plan = ConnectionFaultPlan()
+    /// Each rule's probability draw, kept for the connection's life.
+    var draws: [String: Double] = [:]
+    /// Rules already counted as injected on this connection.
+    var counted: Set<String> = []
+    /// The rules this connection follows; replaced when the rules change.
+    var faultRules: [FaultRule]
+    /// Per direction: index 0 is upstream (client to service), 1 downstream.
+    var flows = [FlowState(), FlowState()]
+    var timedEnds: [String: Scheduled<Void>] = [:]
+    var dialTimer: Scheduled<Void>?
+
     init(id: UInt64, clientChannel: Channel, listener: ListenerConfiguration, tracker: ConnectionTracker, logger: Logger) {
         self.id = id
         self.eventLoop = clientChannel.eventLoop
@@ -60,6 +77,7 @@ final class ProxyConnection {
         self.listener = listener
         self.tracker = tracker
         self.logger = logger
+        self.faultRules = listener.faults
     }
 
     /// Installs the client-side handler; called from the accepted channel's initializer.
@@ -76,15 +94,22 @@ final class ProxyConnection {
         case .client:
             clientActive = true
             tracker.add(self)
-            dialUpstream()
+            if !faultRules.isEmpty { startWithFaults() } else { dialUpstream() }
         case .upstream:
             upstreamActive = true
         }
     }
 
     func mayRead(_ side: ProxySide) -> Bool {
-        guard state == .open else { return false }
-        return handler(side.partner)?.isWritable ?? false
+        switch state {
+        case .open:
+            guard !plan.isEmpty else { return handler(side.partner)?.isWritable ?? false }
+            return mayReadWithFaults(side)
+        case .blackholed:
+            return side == .client
+        case .dialing, .closed:
+            return false
+        }
     }
 
     func forward(_ buffer: ByteBuffer, from side: ProxySide) {
@@ -100,20 +125,31 @@ final class ProxyConnection {
             bytesDownstream &+= count
             tracker.bytesDownstream &+= count
         }
-        handler(side.partner)?.write(buffer)
+        // The plain path: no fault acts on this direction and nothing is waiting before it.
+        let flow = side.outgoingDirection.index
+        if plan.isEmpty || (!flows[flow].faults.shapesBytes && flows[flow].queue.isEmpty) {
+            handler(side.partner)?.write(buffer)
+        } else {
+            enqueue(buffer, direction: side.outgoingDirection)
+        }
     }
 
     func readComplete(from side: ProxySide) {
+        // With chunks waiting in a fault's queue, the pump flushes what it writes.
         handler(side.partner)?.flush()
     }
 
     func writabilityChanged(_ side: ProxySide, isWritable: Bool) {
-        // The partner's reads were held while this side could not take more; let them go.
-        if isWritable { handler(side.partner)?.resumeReading() }
+        guard isWritable else { return }
+        // A fault's queue towards this side may go on; then the partner's held reads.
+        if !plan.isEmpty { pump(side.partner.outgoingDirection) }
+        handler(side.partner)?.resumeReading()
     }
 
-    /// The side sent FIN: forward it to the partner.
+    /// The side sent FIN: forward it to the partner, after any bytes still waiting in a
+    /// fault's queue (and not at all through a blackhole).
     func inputClosed(_ side: ProxySide) {
+        if !plan.isEmpty, finHeldByFaults(from: side) { return }
         forwardFIN(to: side.partner)
     }
 
@@ -141,7 +177,7 @@ final class ProxyConnection {
                 Self.reset(partner)
             } else if sideFailed(side) || state != .open {
                 partner.close(promise: nil)
-            } else {
+            } else if plan.isEmpty || !finHeldByFaults(from: side) {
                 forwardFIN(to: side.partner)
             }
         }
@@ -151,9 +187,18 @@ final class ProxyConnection {
     /// Shuts the output of `side` once everything queued for it has been written. An empty
     /// write completes after every write queued before it: only then is the output shut, so
     /// no byte is lost when NIO turns the half-close into a full close.
-    private func forwardFIN(to side: ProxySide) {
+    func forwardFIN(to side: ProxySide) {
         guard !finForwarded(side) else { return }
         setFINForwarded(side)
+        // Slow close: the FIN towards this side waits (cancelled if the connection ends first).
+        if !plan.isEmpty, let delay = flows[side.partner.outgoingDirection.index].faults.slowClose, delay > .zero {
+            scheduleFaultTimer(after: delay) { connection in connection.shutOutput(of: side) }
+            return
+        }
+        shutOutput(of: side)
+    }
+
+    private func shutOutput(of side: ProxySide) {
         guard let target = channel(side), let context = handler(side)?.context else {
             // Not connected (yet): nothing can be forwarded, end the connection.
             closeAll()
@@ -171,7 +216,7 @@ final class ProxyConnection {
 
     // MARK: Upstream
 
-    private func dialUpstream() {
+    func dialUpstream() {
         let loopBoundSelf = NIOLoopBound(self, eventLoop: eventLoop)
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.nanoseconds(listener.rule.connectTimeout.nanoseconds))
@@ -211,6 +256,18 @@ final class ProxyConnection {
         state = .open
         clientHandler?.resumeReading()
         upstreamHandler?.resumeReading()
+    }
+
+    /// Ends both sides now: with RSTs, or with FINs after what is queued.
+    func endBoth(reset: Bool) {
+        if reset {
+            if let clientChannel { Self.reset(clientChannel) }
+            if let upstreamChannel { Self.reset(upstreamChannel) }
+            state = .closed
+        } else {
+            forwardFIN(to: .client)
+            forwardFIN(to: .upstream)
+        }
     }
 
     private func dialFailed(_ error: any Error) {
@@ -256,6 +313,7 @@ final class ProxyConnection {
         guard !finished else { return }
         finished = true
         state = .closed
+        cancelFaultTimers()
         tracker.remove(self)
         let lifetime = NIODeadline.now() - acceptedAt
         listener.metrics.duration.recordNanoseconds(lifetime.nanoseconds)
@@ -286,11 +344,11 @@ final class ProxyConnection {
 
     // MARK: Helpers
 
-    private func handler(_ side: ProxySide) -> ProxySideHandler? {
+    func handler(_ side: ProxySide) -> ProxySideHandler? {
         side == .client ? clientHandler : upstreamHandler
     }
 
-    private func channel(_ side: ProxySide) -> Channel? {
+    func channel(_ side: ProxySide) -> Channel? {
         side == .client ? clientChannel : upstreamChannel
     }
 

@@ -38,13 +38,15 @@ public final class ProxyListener: Sendable {
     /// Binds the listener on every loop of `group`. Either every loop is listening or none is.
     static func start(
         rule: ListenerRule,
+        faults: [FaultRule],
         group: MultiThreadedEventLoopGroup,
         metrics: FaultlineMetrics,
+        seed: UInt64,
         logger baseLogger: Logger
     ) async throws -> ProxyListener {
         var logger = baseLogger
         logger[metadataKey: "listener"] = "\(rule.name)"
-        let configurationBox = ConfigurationBox(try ListenerConfiguration(rule: rule, metrics: metrics.listener(rule.name)))
+        let configurationBox = ConfigurationBox(try ListenerConfiguration(rule: rule, faults: faults, metrics: metrics))
         let loops = Array(group.makeIterator())
         var acceptors: [Acceptor] = []
         var address: SocketAddress
@@ -55,7 +57,7 @@ public final class ProxyListener: Sendable {
         }
         do {
             for (index, loop) in loops.enumerated() {
-                let tracker = ConnectionTracker(eventLoop: loop, loopIndex: index, loopCount: loops.count)
+                let tracker = ConnectionTracker(eventLoop: loop, loopIndex: index, loopCount: loops.count, seed: seed)
                 let channel = try await Self.bind(
                     address: address, loop: loop, tracker: tracker, configuration: configurationBox, logger: logger)
                 if index == 0, let bound = channel.localAddress {
@@ -111,10 +113,14 @@ public final class ProxyListener: Sendable {
             .get()
     }
 
-    /// Takes a changed rule for new connections (same socket; a different address needs a new listener).
-    func update(rule: ListenerRule, metrics: FaultlineMetrics) throws {
-        let new = try ListenerConfiguration(rule: rule, metrics: metrics.listener(rule.name))
+    /// Takes a changed rule and fault rules (same socket; a different address needs a new
+    /// listener). New connections take all of it; open connections follow the fault rules.
+    func update(rule: ListenerRule, faults: [FaultRule], metrics: FaultlineMetrics) async throws {
+        let new = try ListenerConfiguration(rule: rule, faults: faults, metrics: metrics)
         configuration.value.withLock { $0 = new }
+        for acceptor in acceptors {
+            try? await acceptor.tracker.eventLoop.submit { acceptor.tracker.rulesChanged(faults) }.get()
+        }
     }
 
     /// Stops accepting; open connections carry on.

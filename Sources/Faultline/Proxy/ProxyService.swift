@@ -13,12 +13,14 @@ public final class ProxyService: Service, Sendable {
     private let metrics: FaultlineMetrics
     private let logger: Logger
     private let gracePeriod: Duration
+    private let seed: UInt64
     private let listenersByName: Mutex<[String: ProxyListener]>
 
-    init(group: MultiThreadedEventLoopGroup, metrics: FaultlineMetrics, gracePeriod: Duration, logger: Logger) {
+    init(group: MultiThreadedEventLoopGroup, metrics: FaultlineMetrics, gracePeriod: Duration, seed: UInt64, logger: Logger) {
         self.group = group
         self.metrics = metrics
         self.gracePeriod = gracePeriod
+        self.seed = seed
         self.logger = logger
         self.listenersByName = Mutex([:])
     }
@@ -29,7 +31,10 @@ public final class ProxyService: Service, Sendable {
         var started: [ProxyListener] = []
         do {
             for rule in rules.listeners {
-                started.append(try await ProxyListener.start(rule: rule, group: group, metrics: metrics, logger: logger))
+                started.append(
+                    try await ProxyListener.start(
+                        rule: rule, faults: rules.faults(forListener: rule.name), group: group, metrics: metrics,
+                        seed: seed, logger: logger))
             }
         } catch {
             for listener in started { await listener.stopAccepting() }
@@ -37,6 +42,14 @@ public final class ProxyService: Service, Sendable {
         }
         listenersByName.withLock { listeners in
             for listener in started { listeners[listener.name] = listener }
+        }
+    }
+
+    /// Applies new fault rules to the running listeners (same listeners, new faults).
+    public func updateFaults(_ rules: RuleSet) async throws {
+        for listener in listeners {
+            guard let rule = rules.listener(named: listener.name) else { continue }
+            try await listener.update(rule: rule, faults: rules.faults(forListener: rule.name), metrics: metrics)
         }
     }
 

@@ -16,4 +16,10 @@ enum ProxySide: Sendable {
 public enum FlowDirection: String, Sendable {
     case upstream
     case downstream
+
+    /// Index into per-direction arrays.
+    var index: Int { self == .upstream ? 0 : 1 }
+
+    /// The side the bytes of this direction are written to.
+    var target: ProxySide { self == .upstream ? .upstream : .client }
 }

@@ -45,6 +45,9 @@ public struct FaultlinedCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Event loop threads (default: one per core).")
     var eventLoops: Int?
 
+    @Option(name: .long, help: "Seed for fault decisions (probability draws, jitter), for repeatable runs.")
+    var seed: UInt64?
+
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: Logger.Level = .info
 
@@ -94,6 +97,7 @@ public struct FaultlinedCommand: AsyncParsableCommand {
         options.demoAddress = demo
         options.gracePeriod = grace.value
         if let eventLoops { options.eventLoops = eventLoops }
+        options.seed = seed
 
         let daemon: Daemon
         do {

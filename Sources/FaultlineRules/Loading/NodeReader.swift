@@ -97,6 +97,69 @@ struct NodeReader {
         return value
     }
 
+    mutating func bool(_ entry: Fields.Entry) -> Bool? {
+        guard let text = string(entry) else { return nil }
+        switch text {
+        case "true", "True", "TRUE", "yes", "on": return true
+        case "false", "False", "FALSE", "no", "off": return false
+        default:
+            report("\(entry.path): expected true or false, found \"\(text)\"", at: entry.value)
+            return nil
+        }
+    }
+
+    /// A probability: a number from 0 to 1, or a percentage (`30%`).
+    mutating func probability(_ entry: Fields.Entry) -> Double? {
+        guard let text = string(entry) else { return nil }
+        let value: Double?
+        if text.hasSuffix("%") {
+            value = Double(text.dropLast()).map { $0 / 100 }
+        } else {
+            value = Double(text)
+        }
+        guard let value, value.isFinite else {
+            report("\(entry.path): \"\(text)\" is not a probability (a number from 0 to 1, or a percentage)", at: entry.value)
+            return nil
+        }
+        guard (0...1).contains(value) else {
+            report("\(entry.path): \(text) is outside 0 to 1", at: entry.value)
+            return nil
+        }
+        return value
+    }
+
+    /// A byte count: `512`, `64KiB`, `1.5MiB`, `10KB`.
+    mutating func size(_ entry: Fields.Entry, minimum: Int = 0) -> Int? {
+        guard let text = string(entry) else { return nil }
+        guard let value = ByteSizeText.parse(text) else {
+            report("\(entry.path): \"\(text)\" is not a size (write 512, 64KiB, 1.5MiB or 10KB)", at: entry.value)
+            return nil
+        }
+        guard value >= minimum else {
+            report("\(entry.path): \(text) is below the minimum of \(minimum) bytes", at: entry.value)
+            return nil
+        }
+        return value
+    }
+
+    mutating func cidrList(_ entry: Fields.Entry) -> [CIDR]? {
+        guard let items = sequence(entry) else { return nil }
+        var blocks: [CIDR] = []
+        for (index, item) in items.enumerated() {
+            let path = "\(entry.path)[\(index)]"
+            guard case let .scalar(scalar) = item, !scalar.isNullLike else {
+                report("\(path): expected an address block such as 10.0.0.0/8, found \(item.kindName)", at: item)
+                continue
+            }
+            guard let block = CIDR(scalar.string) else {
+                report("\(path): \"\(scalar.string)\" is not an address block (10.0.0.0/8, 127.0.0.1, ::1/128)", at: item)
+                continue
+            }
+            blocks.append(block)
+        }
+        return blocks
+    }
+
     mutating func hostPort(_ entry: Fields.Entry, allowPortZero: Bool) -> HostPort? {
         guard let text = string(entry) else { return nil }
         switch HostPort.parse(text, allowPortZero: allowPortZero) {

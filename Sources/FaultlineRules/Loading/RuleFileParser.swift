@@ -3,12 +3,13 @@ import Yams
 /// Parses the text of one rule file into its listeners, collecting every error. Checks that
 /// need the whole folder (duplicate names, two listeners on one address) are `RuleLoader`'s.
 public struct RuleFileParser {
-    static let topLevelKeys = ["listeners"]
+    static let topLevelKeys = ["listeners", "faults"]
     static let listenerKeys = ["name", "listen", "upstream", "protocol", "timeouts"]
     static let timeoutKeys = ["connect", "idle"]
 
     public struct Result: Sendable {
         public var listeners: [ListenerRule]
+        public var faults: [FaultRule] = []
         public var errors: [RuleError]
     }
 
@@ -29,7 +30,15 @@ public struct RuleFileParser {
             return Result(listeners: [], errors: [])
         }
         var listeners: [ListenerRule] = []
+        var faults: [FaultRule] = []
         if let top = reader.fields(root, path: "", allowed: topLevelKeys) {
+            if let entry = top["faults"], let items = reader.sequence(entry) {
+                for (index, item) in items.enumerated() {
+                    if let fault = FaultRuleParser.parse(item, path: "faults[\(index)]", reader: &reader) {
+                        faults.append(fault)
+                    }
+                }
+            }
             if let entry = top["listeners"], let items = reader.sequence(entry) {
                 for (index, item) in items.enumerated() {
                     if let listener = parseListener(item, path: "listeners[\(index)]", reader: &reader) {
@@ -38,7 +47,7 @@ public struct RuleFileParser {
                 }
             }
         }
-        return Result(listeners: listeners, errors: reader.errors)
+        return Result(listeners: listeners, faults: faults, errors: reader.errors)
     }
 
     static func parseListener(_ node: Node, path: String, reader: inout NodeReader) -> ListenerRule? {

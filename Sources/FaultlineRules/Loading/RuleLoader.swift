@@ -55,14 +55,17 @@ public enum RuleLoader {
     public static func load(sources: [(file: String, text: String)]) -> Result<RuleSet, RuleErrors> {
         var errors: [RuleError] = []
         var listeners: [ListenerRule] = []
+        var faults: [FaultRule] = []
         for source in sources {
             let parsed = RuleFileParser.parse(source.text, file: source.file)
             errors += parsed.errors
             listeners += parsed.listeners
+            faults += parsed.faults
         }
         errors += crossFileErrors(listeners)
+        errors += faultErrors(faults, listeners: listeners)
         if !errors.isEmpty { return .failure(RuleErrors(errors)) }
-        return .success(RuleSet(listeners: listeners, files: sources.map(\.file)))
+        return .success(RuleSet(listeners: listeners, faults: faults, files: sources.map(\.file)))
     }
 
     /// Checks between listeners, wherever they were declared.
@@ -92,6 +95,29 @@ public enum RuleLoader {
                 } else {
                     byAddress[listener.listen] = listener
                 }
+            }
+        }
+        return errors
+    }
+
+    /// Checks between faults and listeners: unique fault names, known listeners.
+    /// `knownListeners` adds listeners declared elsewhere (runtime ones) to those in `listeners`.
+    public static func faultErrors(_ faults: [FaultRule], listeners: [ListenerRule], knownListeners: [String] = []) -> [RuleError] {
+        var errors: [RuleError] = []
+        var byName: [String: FaultRule] = [:]
+        let listenerNames = listeners.map(\.name) + knownListeners
+        for fault in faults {
+            if let first = byName[fault.name] {
+                errors.append(RuleError("fault \"\(fault.name)\" is already declared at \(first.source)", at: fault.source))
+            } else {
+                byName[fault.name] = fault
+            }
+            if !listenerNames.contains(fault.listener) {
+                var message = "fault \"\(fault.name)\" names listener \"\(fault.listener)\", which is not declared"
+                if let suggestion = NodeReader.closest(to: fault.listener, in: listenerNames) {
+                    message += "; did you mean \"\(suggestion)\"?"
+                }
+                errors.append(RuleError(message, at: fault.source))
             }
         }
         return errors

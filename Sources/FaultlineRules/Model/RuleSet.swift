@@ -2,12 +2,19 @@
 /// builds a new one and swaps it in; nobody edits one in place.
 public struct RuleSet: Sendable, Hashable {
     public var listeners: [ListenerRule]
+    /// Fault rules in file order (files by name, then as written).
+    public var faults: [FaultRule]
     /// The files this set was read from, in the order they were read.
     public var files: [String]
 
-    public init(listeners: [ListenerRule] = [], files: [String] = []) {
+    public init(listeners: [ListenerRule] = [], faults: [FaultRule] = [], files: [String] = []) {
         self.listeners = listeners
+        self.faults = faults
         self.files = files
+    }
+
+    public func faults(forListener name: String) -> [FaultRule] {
+        faults.filter { $0.listener == name }
     }
 
     public func listener(named name: String) -> ListenerRule? {
@@ -18,7 +25,10 @@ public struct RuleSet: Sendable, Hashable {
     public var summary: String {
         let names = listeners.map { "\($0.name) \($0.listen) -> \($0.upstream)" }
         let filesPart = "\(files.count) file\(files.count == 1 ? "" : "s")"
-        let listenersPart = "\(listeners.count) listener\(listeners.count == 1 ? "" : "s")"
+        var listenersPart = "\(listeners.count) listener\(listeners.count == 1 ? "" : "s")"
+        if !faults.isEmpty {
+            listenersPart = "\(faults.count) fault\(faults.count == 1 ? "" : "s"), " + listenersPart
+        }
         return names.isEmpty
             ? "\(filesPart), \(listenersPart)"
             : "\(filesPart), \(listenersPart): \(names.joined(separator: ", "))"

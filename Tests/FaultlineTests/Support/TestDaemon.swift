@@ -15,18 +15,29 @@ enum TestDaemon {
         return rule
     }
 
-    static func start(_ listeners: [ListenerRule], metrics: Bool = false, eventLoops: Int = 2) async throws -> Daemon {
+    static func start(
+        _ listeners: [ListenerRule], faults: [FaultRule] = [], metrics: Bool = false, eventLoops: Int = 2, seed: UInt64 = 42
+    ) async throws -> Daemon {
         var options = DaemonOptions()
+        options.seed = seed
         options.metricsAddress = metrics ? HostPort(host: "127.0.0.1", port: 0) : nil
         options.eventLoops = eventLoops
         var logger = Logger(label: "faultline.test")
         logger.logLevel = .error
-        return try await Daemon.start(rules: RuleSet(listeners: listeners), options: options, logger: logger)
+        return try await Daemon.start(rules: RuleSet(listeners: listeners, faults: faults), options: options, logger: logger)
     }
 }
 
 extension Daemon {
     func port(_ listener: String = "test") -> Int {
         proxy.listener(named: listener)!.boundAddress.port!
+    }
+}
+
+extension FaultRule {
+    /// A fault on the test listener.
+    static func on(_ listener: String = "test", _ name: String, _ action: FaultAction,
+                   direction: FaultDirection = .both, probability: Double = 1) -> FaultRule {
+        FaultRule(name: name, listener: listener, probability: probability, direction: direction, action: action)
     }
 }
