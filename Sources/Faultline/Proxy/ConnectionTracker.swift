@@ -77,8 +77,8 @@ final class ConnectionTracker: @unchecked Sendable {
     }
 
     /// New fault rules for the listener: every open connection follows them from now on.
-    func rulesChanged(_ rules: [FaultRule]) {
-        for connection in connections.values { connection.rulesChanged(rules) }
+    func rulesChanged(_ configuration: ListenerConfiguration) {
+        for connection in connections.values { connection.rulesChanged(configuration) }
     }
 
     func closeAll() {

@@ -32,7 +32,7 @@ extension ProxyConnection {
 
     /// Accept-time decisions: refuse, blackhole without an upstream, latency on connect.
     func startWithFaults() {
-        applyFaults(faultRules, atAccept: true)
+        applyFaults(atAccept: true)
         if plan.refuse != nil {
             state = .closed
             if let clientChannel { Self.reset(clientChannel) }
@@ -58,19 +58,20 @@ extension ProxyConnection {
 
     /// The rules changed: byte faults follow the new rules at once; decisions about the
     /// connection as a whole (refuse, latency on connect, each rule's draw) stay as made.
-    func rulesChanged(_ rules: [FaultRule]) {
+    func rulesChanged(_ configuration: ListenerConfiguration) {
         guard !finished else { return }
-        faultRules = rules
-        applyFaults(rules, atAccept: false)
+        faultConfiguration = configuration
+        applyFaults(atAccept: false)
         pump(.upstream)
         pump(.downstream)
         clientHandler?.resumeReading()
         upstreamHandler?.resumeReading()
     }
 
-    private func applyFaults(_ rules: [FaultRule], atAccept: Bool) {
+    private func applyFaults(atAccept: Bool) {
         let address = clientChannel?.remoteAddress?.addressBytes
-        var newPlan = FaultPlanner.plan(faults: rules, clientAddress: address, draws: &draws, random: &tracker.random)
+        var newPlan = FaultPlanner.plan(
+            faults: faultConfiguration.faults, clientAddress: address, draws: &draws, random: &tracker.random)
         if !atAccept {
             newPlan.refuse = nil
             newPlan.connectLatency = []
@@ -79,7 +80,7 @@ extension ProxyConnection {
             if !atAccept, case .refuse = rule.action { continue }
             if !atAccept, case .latency(let latency) = rule.action, latency.point == .connect { continue }
             counted.insert(rule.name)
-            listener.injections(rule).increment()
+            faultConfiguration.injections(rule).increment()
         }
         flows[0].faults = newPlan.upstream
         flows[1].faults = newPlan.downstream

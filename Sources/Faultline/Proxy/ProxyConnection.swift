@@ -63,8 +63,9 @@ final class ProxyConnection {
     var draws: [String: Double] = [:]
     /// Rules already counted as injected on this connection.
     var counted: Set<String> = []
-    /// The rules this connection follows; replaced when the rules change.
-    var faultRules: [FaultRule]
+    /// The rules this connection follows, with their injection counters; replaced when the
+    /// rules change (the rest of `listener`, such as the upstream, stays as accepted).
+    var faultConfiguration: ListenerConfiguration
     /// Per direction: index 0 is upstream (client to service), 1 downstream.
     var flows = [FlowState(), FlowState()]
     var timedEnds: [String: Scheduled<Void>] = [:]
@@ -77,7 +78,7 @@ final class ProxyConnection {
         self.listener = listener
         self.tracker = tracker
         self.logger = logger
-        self.faultRules = listener.faults
+        self.faultConfiguration = listener
     }
 
     /// Installs the client-side handler; called from the accepted channel's initializer.
@@ -94,7 +95,7 @@ final class ProxyConnection {
         case .client:
             clientActive = true
             tracker.add(self)
-            if !faultRules.isEmpty { startWithFaults() } else { dialUpstream() }
+            if !listener.faults.isEmpty { startWithFaults() } else { dialUpstream() }
         case .upstream:
             upstreamActive = true
         }

@@ -119,7 +119,7 @@ public final class ProxyListener: Sendable {
         let new = try ListenerConfiguration(rule: rule, faults: faults, metrics: metrics)
         configuration.value.withLock { $0 = new }
         for acceptor in acceptors {
-            try? await acceptor.tracker.eventLoop.submit { acceptor.tracker.rulesChanged(faults) }.get()
+            try? await acceptor.tracker.eventLoop.submit { acceptor.tracker.rulesChanged(new) }.get()
         }
     }
 

@@ -12,6 +12,11 @@ struct TransferResult: Sendable {
     var sawEOF = false
     var reset = false
     var error: String?
+    /// The client's own timeout fired before the peer closed.
+    var timedOut = false
+    /// Time from connect to the first byte received, and to the end.
+    var firstByteAfter: Duration?
+    var closedAfter: Duration = .zero
     /// The first bytes received, for tests that read a header.
     var head = ByteBuffer()
 }
@@ -26,11 +31,15 @@ final class TransferHandler: ChannelInboundHandler {
     let verifyFrom: Int?
     let closeAfter: Int?
     let done: EventLoopPromise<TransferResult>
+    let timeout: TimeAmount?
+    private let started = ContinuousClock.now
     private var sent = 0
     private var result = TransferResult()
     private var closedHere = false
 
-    init(sendBytes: Int, halfCloseAfterSend: Bool, verifyFrom: Int?, closeAfter: Int?, done: EventLoopPromise<TransferResult>) {
+    init(sendBytes: Int, halfCloseAfterSend: Bool, verifyFrom: Int?, closeAfter: Int?, timeout: TimeAmount? = nil,
+         done: EventLoopPromise<TransferResult>) {
+        self.timeout = timeout
         self.sendBytes = sendBytes
         self.halfCloseAfterSend = halfCloseAfterSend
         self.verifyFrom = verifyFrom
@@ -39,6 +48,15 @@ final class TransferHandler: ChannelInboundHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
+        if let timeout {
+            let channel = context.channel
+            context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
+                guard channel.isActive else { return }
+                result.timedOut = true
+                closedHere = true
+                channel.close(promise: nil)
+            }
+        }
         push(context: context)
         context.fireChannelActive()
     }
@@ -61,6 +79,7 @@ final class TransferHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
+        if result.firstByteAfter == nil { result.firstByteAfter = ContinuousClock.now - started }
         if result.head.readableBytes < 64 {
             var copy = buffer
             result.head.writeBuffer(&copy)
@@ -99,6 +118,7 @@ final class TransferHandler: ChannelInboundHandler {
         // arrives, without an inputClosed event: a close with no error and not asked for
         // by this handler is that FIN.
         if result.error == nil, !result.reset, !closedHere { result.sawEOF = true }
+        result.closedAfter = ContinuousClock.now - started
         done.succeed(result)
     }
 }
@@ -111,7 +131,8 @@ enum TestClient {
         send: Int = 0,
         halfClose: Bool = false,
         verifyFrom: Int? = 0,
-        closeAfter: Int? = nil
+        closeAfter: Int? = nil,
+        timeout: TimeAmount? = .seconds(30)
     ) async throws -> TransferResult {
         let loop = group.next()
         let done = loop.makePromise(of: TransferResult.self)
@@ -122,7 +143,7 @@ enum TestClient {
                     try channel.pipeline.syncOperations.addHandler(
                         TransferHandler(
                             sendBytes: send, halfCloseAfterSend: halfClose, verifyFrom: verifyFrom,
-                            closeAfter: closeAfter, done: done))
+                            closeAfter: closeAfter, timeout: timeout, done: done))
                 }
             }
             .connect(host: "127.0.0.1", port: port).get()

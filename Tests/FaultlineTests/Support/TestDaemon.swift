@@ -36,7 +36,7 @@ extension Daemon {
 
 extension FaultRule {
     /// A fault on the test listener.
-    static func on(_ listener: String = "test", _ name: String, _ action: FaultAction,
+    static func on(_ name: String, _ action: FaultAction, listener: String = "test",
                    direction: FaultDirection = .both, probability: Double = 1) -> FaultRule {
         FaultRule(name: name, listener: listener, probability: probability, direction: direction, action: action)
     }

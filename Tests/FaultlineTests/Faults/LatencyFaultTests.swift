@@ -1,0 +1,91 @@
+import Faultline
+import FaultlineRules
+import NIOCore
+import Testing
+
+/// Latency on the wire: per chunk, before the first byte, on connect; and on a connection
+/// that was already open when the rule arrived.
+@Suite struct LatencyFaultTests {
+    let latency200 = LatencyFault(delay: .milliseconds(200))
+
+    @Test func chunkLatencyDelaysEachExchange() async throws {
+        let faults = [FaultRule.on("slow", .latency(latency200), direction: .downstream)]
+        try await withFaultProxy(faults: faults) { daemon, port, group in
+            let client = try await LineClient.connect(port: port, group: group)
+            for round in 0..<2 {
+                let start = ContinuousClock.now
+                #expect(try await client.exchange("ping \(round)") == "ping \(round)")
+                let elapsed = ContinuousClock.now - start
+                #expect(elapsed >= .milliseconds(200))
+                #expect(elapsed < .milliseconds(1500))
+            }
+            try await client.close()
+            #expect(await daemon.injections("slow") == 1)
+        }
+    }
+
+    @Test func latencyInBothDirectionsAddsUp() async throws {
+        let faults = [FaultRule.on("slow", .latency(latency200), direction: .both)]
+        try await withFaultProxy(faults: faults) { _, port, group in
+            let client = try await LineClient.connect(port: port, group: group)
+            let start = ContinuousClock.now
+            #expect(try await client.exchange("ping") == "ping")
+            #expect(ContinuousClock.now - start >= .milliseconds(400))
+            try await client.close()
+        }
+    }
+
+    @Test func connectLatencyDelaysTheFirstExchangeOnly() async throws {
+        var latency = latency200
+        latency.point = .connect
+        try await withFaultProxy(faults: [.on("dial", .latency(latency))]) { _, port, group in
+            let start = ContinuousClock.now
+            let client = try await LineClient.connect(port: port, group: group)
+            #expect(try await client.exchange("a") == "a")
+            #expect(ContinuousClock.now - start >= .milliseconds(200))
+            let second = ContinuousClock.now
+            #expect(try await client.exchange("b") == "b")
+            #expect(ContinuousClock.now - second < .milliseconds(150))
+            try await client.close()
+        }
+    }
+
+    @Test func firstByteLatencyOnlyOnce() async throws {
+        var latency = latency200
+        latency.point = .first_byte
+        try await withFaultProxy(faults: [.on("first", .latency(latency), direction: .downstream)]) { _, port, group in
+            let client = try await LineClient.connect(port: port, group: group)
+            let start = ContinuousClock.now
+            #expect(try await client.exchange("a") == "a")
+            #expect(ContinuousClock.now - start >= .milliseconds(200))
+            let second = ContinuousClock.now
+            #expect(try await client.exchange("b") == "b")
+            #expect(ContinuousClock.now - second < .milliseconds(150))
+            try await client.close()
+        }
+    }
+
+    @Test func ruleSwitchedOnReachesAnOpenConnection() async throws {
+        try await withFaultProxy(faults: []) { daemon, port, group in
+            let client = try await LineClient.connect(port: port, group: group)
+            let before = ContinuousClock.now
+            #expect(try await client.exchange("fast") == "fast")
+            #expect(ContinuousClock.now - before < .milliseconds(150))
+
+            let rule = daemon.proxy.listener(named: "test")!.rule
+            let slow = FaultRule.on("slow", .latency(latency200), direction: .downstream)
+            try await daemon.proxy.updateFaults(RuleSet(listeners: [rule], faults: [slow]))
+
+            let after = ContinuousClock.now
+            #expect(try await client.exchange("slow now") == "slow now")
+            #expect(ContinuousClock.now - after >= .milliseconds(200))
+
+            // And switched off again: the same connection is fast again.
+            try await daemon.proxy.updateFaults(RuleSet(listeners: [rule], faults: []))
+            let off = ContinuousClock.now
+            #expect(try await client.exchange("fast again") == "fast again")
+            #expect(ContinuousClock.now - off < .milliseconds(150))
+            try await client.close()
+        }
+    }
+}
