@@ -140,6 +140,10 @@ final class LineClient: Sendable {
     }
 
     static func connect(port: Int, group: EventLoopGroup) async throws -> LineClient {
+        try await offThePool { try connectBlocking(port: port) }
+    }
+
+    private static func connectBlocking(port: Int) throws -> LineClient {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var timeout = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -163,6 +167,10 @@ final class LineClient: Sendable {
 
     /// Sends `text` + newline and returns the line that comes back.
     func exchange(_ text: String) async throws -> String {
+        try await offThePool { try self.exchangeBlocking(text) }
+    }
+
+    private func exchangeBlocking(_ text: String) throws -> String {
         let bytes = Array((text + "\n").utf8)
         guard send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL)) == bytes.count else {
             throw IOError(errnoCode: errno, reason: "send")
@@ -171,7 +179,9 @@ final class LineClient: Sendable {
         var chunk = [UInt8](repeating: 0, count: 4096)
         while received.last != UInt8(ascii: "\n") {
             let count = recv(fd, &chunk, chunk.count, 0)
-            guard count > 0 else { throw IOError(errnoCode: count == 0 ? ECONNRESET : errno, reason: "recv") }
+            guard count > 0 else {
+                throw IOError(errnoCode: count == 0 ? EPIPE : errno, reason: count == 0 ? "recv: end of stream" : "recv")
+            }
             received += chunk[0..<count]
         }
         return String(decoding: received.dropLast(), as: UTF8.self)
@@ -183,6 +193,10 @@ final class LineClient: Sendable {
 
     /// Returns when the peer closes the connection (end of file or reset).
     func closed() async throws {
+        try await offThePool { try self.closedBlocking() }
+    }
+
+    private func closedBlocking() throws {
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
             let count = recv(fd, &chunk, chunk.count, 0)

@@ -136,6 +136,7 @@ enum TestClient {
     ) async throws -> TransferResult {
         let loop = group.next()
         let done = loop.makePromise(of: TransferResult.self)
+        do {
         _ = try await ClientBootstrap(group: loop)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelInitializer { channel in
@@ -147,6 +148,10 @@ enum TestClient {
                 }
             }
             .connect(host: "127.0.0.1", port: port).get()
+        } catch {
+            done.fail(error)
+            throw error
+        }
         return try await done.futureResult.get()
     }
 }
