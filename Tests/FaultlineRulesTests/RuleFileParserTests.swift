@@ -237,3 +237,89 @@ extension Result where Success == RuleSet, Failure == RuleErrors {
         return []
     }
 }
+
+/// The `faults:` part of rule files.
+struct FaultRuleParsingTests {
+    let listener = """
+        listeners:
+          - name: api
+            listen: 127.0.0.1:8080
+            upstream: 127.0.0.1:9000
+
+        """
+
+    func load(_ faults: String) -> Result<RuleSet, RuleErrors> {
+        RuleLoader.load(sources: [("rules/f.yaml", listener + faults)])
+    }
+
+    @Test func everyKindParses() throws {
+        let text = """
+            faults:
+              - name: slow
+                listener: api
+                direction: downstream
+                probability: 30%
+                clients: [127.0.0.0/8, "::1"]
+                latency: {delay: 200ms, jitter: 50ms, distribution: normal, apply: first_byte}
+              - {name: thin, listener: api, bandwidth: {rate: 1MiB}}
+              - {name: slices, listener: api, slicer: {size: 64, variation: 16, delay: 5ms}}
+              - {name: rst, listener: api, reset: {after_bytes: 10KiB}}
+              - {name: no, listener: api, enabled: false, refuse: {}}
+              - {name: void, listener: api, blackhole: {close_after: 30s}}
+              - {name: short, listener: api, limit: {bytes: 100}}
+              - {name: cable, listener: api, cut: {after: 2s, mode: fin}}
+              - {name: linger, listener: api, slow_close: {delay: 1s}}
+            """
+        let set = try load(text).get()
+        #expect(set.faults.count == 9)
+        let slow = set.faults[0]
+        #expect(slow.probability == 0.3)
+        #expect(slow.direction == .downstream)
+        #expect(slow.clients.map(\.description) == ["127.0.0.0/8", "0:0:0:0:0:0:0:1/128"])
+        #expect(slow.action == .latency(LatencyFault(
+            delay: .milliseconds(200), jitter: .milliseconds(50), distribution: .normal, point: .first_byte)))
+        #expect(set.faults[1].action == .bandwidth(bytesPerSecond: 1 << 20))
+        #expect(set.faults[3].action == .reset(after: .zero, afterBytes: 10240))
+        #expect(set.faults[4].enabled == false)
+        #expect(set.faults[4].action == .refuse)
+        #expect(set.faults[7].action == .cut(after: .seconds(2), mode: .fin))
+        #expect(set.summary.hasPrefix("1 file, 9 faults, 1 listener"))
+    }
+
+    @Test func faultErrorsArePrecise() {
+        let text = """
+            faults:
+              - name: a
+                listener: apii
+                probability: 1.5
+                latency: {delay: 200}
+              - name: b
+                listener: api
+                latency: {delay: 1s}
+                bandwidth: {rate: 1KiB}
+              - name: c
+                listener: api
+                clients: [10.0.0.0/33]
+              - name: c
+                listener: api
+                slicer: {size: 10, variation: 10, delay: 1ms}
+            """
+        #expect(load(text).errorDescriptions == [
+            #"rules/f.yaml:8:18: faults[0].probability: 1.5 is outside 0 to 1"#,
+            #"rules/f.yaml:9:22: faults[0].latency.delay: "200" is not a duration (write it with a unit: 250ms, 1.5s, 2m)"#,
+            #"rules/f.yaml:13:5: faults[1]: one action per fault, found latency and bandwidth; write two faults"#,
+            #"rules/f.yaml:16:15: faults[2].clients[0]: "10.0.0.0/33" is not an address block (10.0.0.0/8, 127.0.0.1, ::1/128)"#,
+            #"rules/f.yaml:14:5: faults[2]: a fault needs one action: latency, bandwidth, slicer, reset, refuse, blackhole, limit, cut, slow_close"#,
+            #"rules/f.yaml:19:35: faults[3].slicer.variation: must be smaller than size (10)"#,
+        ])
+        let unknownListener = """
+            faults:
+              - {name: a, listener: apii, refuse: {}}
+              - {name: a, listener: api, refuse: {}}
+            """
+        #expect(load(unknownListener).errorDescriptions == [
+            #"rules/f.yaml:6:5: fault "a" names listener "apii", which is not declared; did you mean "api"?"#,
+            #"rules/f.yaml:7:5: fault "a" is already declared at rules/f.yaml:6:5"#,
+        ])
+    }
+}
