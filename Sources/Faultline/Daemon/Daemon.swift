@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import UnixSignals
 
 /// How the daemon runs, apart from the rules.
 public struct DaemonOptions: Sendable {
@@ -19,6 +20,9 @@ public struct DaemonOptions: Sendable {
     /// Seed of the fault decisions' random source; nil for a random one. With a seed, the same
     /// connections in the same order on one loop get the same draws and delays.
     public var seed: UInt64?
+    /// The rule folder the rules came from: watched and reloaded on change and on SIGHUP.
+    /// nil for the one-off form (SIGHUP then reloads nothing).
+    public var rulesDirectory: String?
 
     public init() {}
 }
@@ -31,13 +35,15 @@ public final class Daemon: Sendable {
     public let proxy: ProxyService
     public let metricsServer: SmallHTTPServer?
     public let demoServer: SmallHTTPServer?
+    public let reloader: RuleReloader
     private let logger: Logger
 
     private init(group: MultiThreadedEventLoopGroup, metrics: FaultlineMetrics, proxy: ProxyService,
-                 metricsServer: SmallHTTPServer?, demoServer: SmallHTTPServer?, logger: Logger) {
+                 reloader: RuleReloader, metricsServer: SmallHTTPServer?, demoServer: SmallHTTPServer?, logger: Logger) {
         self.group = group
         self.metrics = metrics
         self.proxy = proxy
+        self.reloader = reloader
         self.metricsServer = metricsServer
         self.demoServer = demoServer
         self.logger = logger
@@ -70,8 +76,13 @@ public final class Daemon: Sendable {
             try? await group.shutdownGracefully()
             throw error
         }
-        return Daemon(group: group, metrics: metrics, proxy: proxy, metricsServer: metricsServer, demoServer: demo,
-                      logger: logger)
+        // SIGHUP is trapped now, before anything can announce readiness.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        let reloader = RuleReloader(
+            directory: options.rulesDirectory, initial: rules, proxy: proxy, metrics: metrics, hangups: hangups,
+            logger: logger)
+        return Daemon(group: group, metrics: metrics, proxy: proxy, reloader: reloader, metricsServer: metricsServer,
+                      demoServer: demo, logger: logger)
     }
 
     private static func bindServer(
@@ -94,6 +105,7 @@ public final class Daemon: Sendable {
         if let metricsServer { services.append(.init(service: HTTPServerService(server: metricsServer))) }
         if let demoServer { services.append(.init(service: HTTPServerService(server: demoServer))) }
         services.append(.init(service: proxy))
+        services.append(.init(service: reloader))
         let serviceGroup = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: services,

@@ -15,6 +15,8 @@ public final class ProxyService: Service, Sendable {
     private let gracePeriod: Duration
     private let seed: UInt64
     private let listenersByName: Mutex<[String: ProxyListener]>
+    /// Listeners removed from the rules: no longer accepting, kept until their connections end.
+    private let retired: Mutex<[ObjectIdentifier: ProxyListener]>
 
     init(group: MultiThreadedEventLoopGroup, metrics: FaultlineMetrics, gracePeriod: Duration, seed: UInt64, logger: Logger) {
         self.group = group
@@ -23,6 +25,7 @@ public final class ProxyService: Service, Sendable {
         self.seed = seed
         self.logger = logger
         self.listenersByName = Mutex([:])
+        self.retired = Mutex([:])
     }
 
     /// Starts every listener of `rules`. Either all of them listen or none does: a listener
@@ -53,6 +56,70 @@ public final class ProxyService: Service, Sendable {
         }
     }
 
+    /// Makes the running listeners match `rules`. New listeners (and listeners whose address
+    /// changed) are bound first: if one cannot bind, nothing changes and the error is thrown.
+    /// Then kept listeners take their new settings (new connections) and fault rules (open
+    /// connections too), and removed ones stop accepting while their open connections finish.
+    /// No open connection is closed.
+    public func apply(_ rules: RuleSet) async throws {
+        let current = listenersByName.withLock { $0 }
+        var toStart: [ListenerRule] = []
+        var toUpdate: [(ProxyListener, ListenerRule)] = []
+        var toRetire: [ProxyListener] = []
+        for rule in rules.listeners {
+            if let existing = current[rule.name], existing.rule.sameSocket(as: rule) {
+                toUpdate.append((existing, rule))
+            } else {
+                toStart.append(rule)
+                if let existing = current[rule.name] { toRetire.append(existing) }
+            }
+        }
+        for (name, listener) in current where rules.listener(named: name) == nil {
+            toRetire.append(listener)
+        }
+        // A new listener on the address of one being removed binds beside it (SO_REUSEPORT)
+        // before the old one closes, so that the address never refuses a client.
+        var started: [ProxyListener] = []
+        do {
+            for rule in toStart {
+                started.append(
+                    try await ProxyListener.start(
+                        rule: rule, faults: rules.faults(forListener: rule.name), group: group, metrics: metrics,
+                        seed: seed, logger: logger))
+            }
+        } catch {
+            for listener in started { await listener.stopAccepting() }
+            throw error
+        }
+        for (listener, rule) in toUpdate {
+            try await listener.update(rule: rule, faults: rules.faults(forListener: rule.name), metrics: metrics)
+        }
+        listenersByName.withLock { listeners in
+            for listener in toRetire where listeners[listener.name] === listener { listeners[listener.name] = nil }
+            for listener in started { listeners[listener.name] = listener }
+        }
+        for listener in toRetire { await retire(listener) }
+    }
+
+    /// Stops accepting on `listener` and forgets it once its last connection has ended.
+    private func retire(_ listener: ProxyListener) async {
+        await listener.stopAccepting()
+        retired.withLock { $0[ObjectIdentifier(listener)] = listener }
+        logger.info("listener removed; open connections may finish", metadata: ["listener": "\(listener.name)"])
+        Task { [self] in
+            while await listener.openConnections() > 0 {
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+            await listener.collectMetrics()
+            await listener.closeAllConnections()  // stops the idle sweep; nothing is open
+            retired.withLock { $0[ObjectIdentifier(listener)] = nil }
+        }
+    }
+
+    private var retiredListeners: [ProxyListener] {
+        retired.withLock { Array($0.values) }
+    }
+
     public func listener(named name: String) -> ProxyListener? {
         listenersByName.withLock { $0[name] }
     }
@@ -70,7 +137,7 @@ public final class ProxyService: Service, Sendable {
 
     /// Stops accepting, waits up to `gracePeriod` for open connections to end, closes the rest.
     public func drain(gracePeriod: Duration) async {
-        let listeners = self.listeners
+        let listeners = self.listeners + retiredListeners
         for listener in listeners { await listener.stopAccepting() }
         var open = await openConnections(listeners)
         logger.info("draining", metadata: ["connections.open": "\(open)", "grace": "\(gracePeriod)"])
@@ -87,7 +154,7 @@ public final class ProxyService: Service, Sendable {
 
     /// Brings the shared metrics up to date with every listener's loops.
     public func collectMetrics() async {
-        for listener in listeners { await listener.collectMetrics() }
+        for listener in listeners + retiredListeners { await listener.collectMetrics() }
     }
 
     private func openConnections(_ listeners: [ProxyListener]) async -> Int {

@@ -98,6 +98,7 @@ public struct FaultlinedCommand: AsyncParsableCommand {
         options.gracePeriod = grace.value
         if let eventLoops { options.eventLoops = eventLoops }
         options.seed = seed
+        options.rulesDirectory = listen == nil ? rules : nil
 
         let daemon: Daemon
         do {

@@ -1,0 +1,208 @@
+import FaultlineRules
+import Logging
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+import UnixSignals
+
+/// What one reload did.
+public struct ReloadOutcome: Sendable {
+    public var succeeded: Bool
+    /// The rules did not change (a SIGHUP with the same files): a successful no-op.
+    public var unchanged: Bool
+    public var errors: [String]
+    public var summary: String
+}
+
+/// The one owner of SIGHUP and of the rule folder's changes. It reloads the folder as a whole,
+/// validates it completely, and only then swaps it in; an invalid folder changes nothing and
+/// the last good rules stay in force. Reloads run one at a time, in order.
+public final class RuleReloader: Service, Sendable {
+    private let directory: String?
+    private let proxy: ProxyService
+    private let logger: Logger
+    private let debounce: Duration
+    private let hangups: UnixSignalsSequence
+    private let current: Mutex<RuleSet>
+    private let lastOutcome: Mutex<ReloadOutcome?>
+    private let requests: AsyncStream<Request>
+    private let requestSink: AsyncStream<Request>.Continuation
+
+    private let reloadSuccess: Counter
+    private let reloadFailure: Counter
+    private let lastSuccess: Gauge
+    private let lastReloadTime: Gauge
+
+    struct Request: Sendable {
+        var reason: String
+        var reply: (@Sendable (ReloadOutcome) -> Void)?
+        /// For file changes: the change count when it was reported.
+        var change: Int = 0
+    }
+
+    /// File changes reported so far, and when the last one was (monotonic nanoseconds).
+    private let changes = Atomic<Int>(0)
+    private let lastChangeAt = Atomic<Int64>(0)
+
+    /// `hangups` must be created before the daemon says it is ready, so that a SIGHUP sent at
+    /// once is a reload and never the default action (exit).
+    init(
+        directory: String?, initial: RuleSet, proxy: ProxyService, metrics: FaultlineMetrics,
+        hangups: UnixSignalsSequence, debounce: Duration = .milliseconds(100), logger: Logger
+    ) {
+        self.directory = directory
+        self.proxy = proxy
+        self.logger = logger
+        self.debounce = debounce
+        self.hangups = hangups
+        self.current = Mutex(initial)
+        self.lastOutcome = Mutex(nil)
+        (requests, requestSink) = AsyncStream.makeStream(of: Request.self)
+        let registry = metrics.registry
+        let reloads = MetricNameDescriptor(
+            namespace: "faultline", metricName: "rules_reload", unitName: "total",
+            helpText: "Rule reloads by result (success includes reloads that changed nothing).")
+        reloadSuccess = registry.makeCounter(descriptor: reloads, labels: [("result", "success")])
+        reloadFailure = registry.makeCounter(descriptor: reloads, labels: [("result", "failure")])
+        lastSuccess = registry.makeGauge(
+            descriptor: .init(namespace: "faultline", metricName: "rules_last_reload", unitName: "success",
+                              helpText: "1 if the last reload succeeded, 0 while the last one failed."))
+        lastReloadTime = registry.makeGauge(
+            descriptor: .init(namespace: "faultline", metricName: "rules_last_reload_timestamp", unitName: "seconds",
+                              helpText: "When the last reload finished (Unix time)."))
+        lastSuccess.set(Int64(1))
+    }
+
+    /// The rules in force.
+    public var rules: RuleSet { current.withLock { $0 } }
+
+    public var lastReload: ReloadOutcome? { lastOutcome.withLock { $0 } }
+
+    /// Reloads now and returns what happened (the control socket's `reload`).
+    public func reload(reason: String) async -> ReloadOutcome {
+        await withCheckedContinuation { continuation in
+            requestSink.yield(Request(reason: reason) { continuation.resume(returning: $0) })
+        }
+    }
+
+    public func run() async throws {
+        let watcher: DirectoryWatcher?
+        if let directory {
+            let sink = requestSink
+            do {
+                watcher = try DirectoryWatcher(directory: directory) { [self] in
+                    lastChangeAt.store(Self.monotonicNanoseconds(), ordering: .relaxed)
+                    let change = changes.add(1, ordering: .relaxed).newValue
+                    sink.yield(Request(reason: "files changed", reply: nil, change: change))
+                }
+            } catch {
+                logger.warning("rule files are not watched; reload with SIGHUP", metadata: ["error": "\(error)"])
+                watcher = nil
+            }
+        } else {
+            watcher = nil
+        }
+        defer { watcher?.stop() }
+
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { [hangups, requestSink] in
+                for await _ in hangups.cancelOnGracefulShutdown() {
+                    requestSink.yield(Request(reason: "SIGHUP", reply: nil))
+                }
+            }
+            group.addTask {
+                await self.serveRequests()
+            }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func serveRequests() async {
+        var handledChange = 0
+        for await request in requests {
+            if Task.isCancelled || Task.isShuttingDownGracefully { return }
+            if request.reply == nil, request.change > 0 {
+                // A change already covered by an earlier reload of this burst.
+                if request.change <= handledChange { continue }
+                // File changes come in bursts (write, then rename; truncate, then write): wait
+                // for a quiet moment, at most a second, so that one edit is one reload.
+                let giveUpAt = ContinuousClock.now + .seconds(1)
+                while ContinuousClock.now < giveUpAt {
+                    let quietFor = Self.monotonicNanoseconds() - lastChangeAt.load(ordering: .relaxed)
+                    if quietFor >= debounce.nanoseconds { break }
+                    try? await Task.sleep(for: .nanoseconds(debounce.nanoseconds - quietFor))
+                }
+                handledChange = changes.load(ordering: .relaxed)
+            }
+            let outcome = await reloadOnce(reason: request.reason)
+            request.reply?(outcome)
+        }
+    }
+
+    static func monotonicNanoseconds() -> Int64 {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return Int64(time.tv_sec) * 1_000_000_000 + Int64(time.tv_nsec)
+    }
+
+    private func reloadOnce(reason: String) async -> ReloadOutcome {
+        let started = ContinuousClock.now
+        guard let directory else {
+            logger.info("no rule folder (one-off listener); nothing to reload", metadata: ["reason": "\(reason)"])
+            return record(ReloadOutcome(succeeded: true, unchanged: true, errors: [], summary: rules.summary))
+        }
+        switch RuleLoader.load(directory: directory) {
+        case .failure(let errors):
+            logger.error(
+                "rules rejected; the last good rules stay in force",
+                metadata: ["reason": "\(reason)", "errors": "\(errors.errors.count)"])
+            for error in errors.errors { logger.error("\(error)") }
+            return record(ReloadOutcome(
+                succeeded: false, unchanged: false, errors: errors.errors.map(\.description), summary: rules.summary))
+        case .success(let loaded):
+            if loaded == rules {
+                logger.info("rules unchanged", metadata: ["reason": "\(reason)"])
+                return record(ReloadOutcome(succeeded: true, unchanged: true, errors: [], summary: loaded.summary))
+            }
+            do {
+                try await proxy.apply(loaded)
+            } catch {
+                logger.error("rules rejected; the last good rules stay in force", metadata: ["error": "\(error)"])
+                return record(ReloadOutcome(succeeded: false, unchanged: false, errors: ["\(error)"], summary: rules.summary))
+            }
+            current.withLock { $0 = loaded }
+            let elapsed = ContinuousClock.now - started
+            logger.info(
+                "rules reloaded",
+                metadata: ["reason": "\(reason)", "rules": "\(loaded.summary)", "took": "\(elapsed)"])
+            return record(ReloadOutcome(succeeded: true, unchanged: false, errors: [], summary: loaded.summary))
+        }
+    }
+
+    private func record(_ outcome: ReloadOutcome) -> ReloadOutcome {
+        if outcome.succeeded {
+            reloadSuccess.increment()
+            lastSuccess.set(Int64(1))
+        } else {
+            reloadFailure.increment()
+            lastSuccess.set(Int64(0))
+        }
+        lastReloadTime.set(Double(ContinuousClock.now.unixSeconds))
+        lastOutcome.withLock { $0 = outcome }
+        return outcome
+    }
+}
+
+extension ContinuousClock.Instant {
+    /// Wall-clock seconds now (the instant is only used to say "now").
+    var unixSeconds: Double {
+        var time = timespec()
+        clock_gettime(CLOCK_REALTIME, &time)
+        return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
