@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Synchronization
 
 /// A whole HTTP request, body included (small control and metrics requests only).
 public struct SmallHTTPRequest: Sendable {
@@ -36,7 +37,11 @@ public final class SmallHTTPServer: Sendable {
     public typealias Handler = @Sendable (SmallHTTPRequest) async -> SmallHTTPResponse
     typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
 
-    private let serverChannel: NIOAsyncChannel<Connection, Never>
+    /// Taken exactly once, by `run()` or else by `close()`, so that the channel's inbound
+    /// stream ends while its event loop is alive (left to deinit, it would schedule on a loop
+    /// already shut down).
+    private let serverChannel: Mutex<NIOAsyncChannel<Connection, Never>?>
+    private let channel: Channel
     private let handler: Handler
     private let maxBodyBytes: Int
 
@@ -44,7 +49,8 @@ public final class SmallHTTPServer: Sendable {
     public let localAddress: SocketAddress
 
     private init(serverChannel: NIOAsyncChannel<Connection, Never>, handler: @escaping Handler, maxBodyBytes: Int) {
-        self.serverChannel = serverChannel
+        self.serverChannel = Mutex(serverChannel)
+        self.channel = serverChannel.channel
         self.handler = handler
         self.maxBodyBytes = maxBodyBytes
         self.localAddress = serverChannel.channel.localAddress!
@@ -70,6 +76,7 @@ public final class SmallHTTPServer: Sendable {
     /// Serves until `close()` is called or the task is cancelled; open connections are then
     /// cancelled too, so that a keep-alive scraper cannot hold shutdown up.
     public func run() async {
+        guard let serverChannel = take() else { return }
         await withDiscardingTaskGroup { group in
             try? await serverChannel.executeThenClose { inbound in
                 for try await connection in inbound {
@@ -81,7 +88,18 @@ public final class SmallHTTPServer: Sendable {
     }
 
     public func close() async {
-        try? await serverChannel.channel.close()
+        if let serverChannel = take() {
+            try? await serverChannel.executeThenClose { _ in }
+        } else {
+            try? await channel.close()
+        }
+    }
+
+    private func take() -> NIOAsyncChannel<Connection, Never>? {
+        serverChannel.withLock { channel in
+            defer { channel = nil }
+            return channel
+        }
     }
 
     private func serve(_ connection: Connection) async {

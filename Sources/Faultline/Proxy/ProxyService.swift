@@ -15,8 +15,10 @@ public final class ProxyService: Service, Sendable {
     private let gracePeriod: Duration
     private let seed: UInt64
     private let listenersByName: Mutex<[String: ProxyListener]>
-    /// Listeners removed from the rules: no longer accepting, kept until their connections end.
-    private let retired: Mutex<[ObjectIdentifier: ProxyListener]>
+    /// Listeners removed from the rules: no longer accepting, kept until their connections
+    /// end, each with the task that waits for that. A drain cancels and awaits those tasks
+    /// before it takes the listeners over, so that none outlives the event loops.
+    private let retired: Mutex<[ObjectIdentifier: (listener: ProxyListener, watch: Task<Void, Never>)]>
 
     init(group: MultiThreadedEventLoopGroup, metrics: FaultlineMetrics, gracePeriod: Duration, seed: UInt64, logger: Logger) {
         self.group = group
@@ -104,20 +106,23 @@ public final class ProxyService: Service, Sendable {
     /// Stops accepting on `listener` and forgets it once its last connection has ended.
     private func retire(_ listener: ProxyListener) async {
         await listener.stopAccepting()
-        retired.withLock { $0[ObjectIdentifier(listener)] = listener }
         logger.info("listener removed; open connections may finish", metadata: ["listener": "\(listener.name)"])
-        Task { [self] in
-            while await listener.openConnections() > 0 {
-                try? await Task.sleep(for: .milliseconds(200))
+        retired.withLock { retired in
+            let watch = Task { [self] in
+                while !Task.isCancelled, await listener.openConnections() > 0 {
+                    try? await Task.sleep(for: .milliseconds(200))
+                }
+                if Task.isCancelled { return }  // a drain has taken over
+                await listener.collectMetrics()
+                await listener.closeAllConnections()  // stops the idle sweep; nothing is open
+                self.retired.withLock { $0[ObjectIdentifier(listener)] = nil }
             }
-            await listener.collectMetrics()
-            await listener.closeAllConnections()  // stops the idle sweep; nothing is open
-            retired.withLock { $0[ObjectIdentifier(listener)] = nil }
+            retired[ObjectIdentifier(listener)] = (listener, watch)
         }
     }
 
     private var retiredListeners: [ProxyListener] {
-        retired.withLock { Array($0.values) }
+        retired.withLock { $0.values.map(\.listener) }
     }
 
     public func listener(named name: String) -> ProxyListener? {
@@ -137,6 +142,11 @@ public final class ProxyService: Service, Sendable {
 
     /// Stops accepting, waits up to `gracePeriod` for open connections to end, closes the rest.
     public func drain(gracePeriod: Duration) async {
+        let watches = retired.withLock { $0.values.map(\.watch) }
+        for watch in watches {
+            watch.cancel()
+            await watch.value
+        }
         let listeners = self.listeners + retiredListeners
         for listener in listeners { await listener.stopAccepting() }
         var open = await openConnections(listeners)
