@@ -143,7 +143,7 @@ final class LineClient: Sendable {
         try await offThePool { try connectBlocking(port: port) }
     }
 
-    private static func connectBlocking(port: Int) throws -> LineClient {
+    static func connectBlocking(port: Int) throws -> LineClient {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var timeout = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -170,7 +170,7 @@ final class LineClient: Sendable {
         try await offThePool { try self.exchangeBlocking(text) }
     }
 
-    private func exchangeBlocking(_ text: String) throws -> String {
+    func exchangeBlocking(_ text: String) throws -> String {
         let bytes = Array((text + "\n").utf8)
         guard send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL)) == bytes.count else {
             throw IOError(errnoCode: errno, reason: "send")

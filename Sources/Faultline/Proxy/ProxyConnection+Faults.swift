@@ -99,6 +99,13 @@ extension ProxyConnection {
         plan = newPlan
     }
 
+    /// A fault acts on the connection, or chunks queued by one still wait (the rule may have
+    /// been removed since): either way bytes go through the fault pump, so that none
+    /// overtakes a queued one and no FIN overtakes a byte.
+    var faultPathActive: Bool {
+        !plan.isEmpty || !flows[0].queue.isEmpty || !flows[1].queue.isEmpty
+    }
+
     // MARK: Reading
 
     func mayReadWithFaults(_ side: ProxySide) -> Bool {

@@ -104,7 +104,7 @@ final class ProxyConnection {
     func mayRead(_ side: ProxySide) -> Bool {
         switch state {
         case .open:
-            guard !plan.isEmpty else { return handler(side.partner)?.isWritable ?? false }
+            guard faultPathActive else { return handler(side.partner)?.isWritable ?? false }
             return mayReadWithFaults(side)
         case .blackholed:
             return side == .client
@@ -126,9 +126,10 @@ final class ProxyConnection {
             bytesDownstream &+= count
             tracker.bytesDownstream &+= count
         }
-        // The plain path: no fault acts on this direction and nothing is waiting before it.
+        // The plain path: no fault acts on this direction and nothing is waiting before it
+        // (chunks queued under rules that were just removed still go first).
         let flow = side.outgoingDirection.index
-        if plan.isEmpty || (!flows[flow].faults.shapesBytes && flows[flow].queue.isEmpty) {
+        if flows[flow].queue.isEmpty && (plan.isEmpty || !flows[flow].faults.shapesBytes) {
             handler(side.partner)?.write(buffer)
         } else {
             enqueue(buffer, direction: side.outgoingDirection)
@@ -143,14 +144,14 @@ final class ProxyConnection {
     func writabilityChanged(_ side: ProxySide, isWritable: Bool) {
         guard isWritable else { return }
         // A fault's queue towards this side may go on; then the partner's held reads.
-        if !plan.isEmpty { pump(side.partner.outgoingDirection) }
+        if faultPathActive { pump(side.partner.outgoingDirection) }
         handler(side.partner)?.resumeReading()
     }
 
     /// The side sent FIN: forward it to the partner, after any bytes still waiting in a
     /// fault's queue (and not at all through a blackhole).
     func inputClosed(_ side: ProxySide) {
-        if !plan.isEmpty, finHeldByFaults(from: side) { return }
+        if faultPathActive, finHeldByFaults(from: side) { return }
         forwardFIN(to: side.partner)
     }
 
@@ -178,7 +179,7 @@ final class ProxyConnection {
                 Self.reset(partner)
             } else if sideFailed(side) || state != .open {
                 partner.close(promise: nil)
-            } else if plan.isEmpty || !finHeldByFaults(from: side) {
+            } else if !faultPathActive || !finHeldByFaults(from: side) {
                 forwardFIN(to: side.partner)
             }
         }
@@ -379,7 +380,10 @@ final class ProxyConnection {
             guard let options = channel?.syncOptions else { return 0 }
             return (try? options.getOption(.bufferedWritableBytes)) ?? 0
         }
-        return buffered(clientChannel) + buffered(upstreamChannel)
+        func queued(_ flow: FlowState) -> Int {
+            flow.queue.reduce(0) { $0 + $1.buffer.readableBytes }
+        }
+        return buffered(clientChannel) + buffered(upstreamChannel) + queued(flows[0]) + queued(flows[1])
     }
 }
 

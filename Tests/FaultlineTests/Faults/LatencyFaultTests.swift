@@ -3,6 +3,10 @@ import FaultlineRules
 import NIOCore
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Latency on the wire: per chunk, before the first byte, on connect; and on a connection
 /// that was already open when the rule arrived.
 @Suite struct LatencyFaultTests {
@@ -85,6 +89,29 @@ import Testing
             let off = ContinuousClock.now
             #expect(try await client.exchange("fast again") == "fast again")
             #expect(ContinuousClock.now - off < .milliseconds(150))
+            try await client.close()
+        }
+    }
+
+    /// Bytes held back by a latency rule that is then removed still go first: the next bytes
+    /// take the plain path only once the queue is empty.
+    @Test func removedRuleKeepsTheOrderOfHeldBytes() async throws {
+        let held = FaultRule.on("held", .latency(latency200), direction: .downstream)
+        try await withFaultProxy(faults: [held]) { daemon, port, group in
+            let client = try await LineClient.connect(port: port, group: group)
+            let listener = daemon.proxy.listener(named: "test")!
+            _ = Array("first\n".utf8).withUnsafeBufferPointer { send(client.fd, $0.baseAddress, $0.count, 0) }
+            // Wait (bounded) until the echo of "first" sits in the latency queue.
+            let deadline = ContinuousClock.now + .seconds(5)
+            while await listener.bufferedBytes() == 0, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            #expect(await listener.bufferedBytes() == 6)
+            try await daemon.proxy.updateFaults(RuleSet(listeners: [listener.rule], faults: []))
+            // "first" (released when its delay is up), then "second", in one read or two.
+            var text = try await client.exchange("second")
+            if text == "first" { text += "\n" + (try await client.exchange("third")) }
+            #expect(text.hasPrefix("first\nsecond"))
             try await client.close()
         }
     }
