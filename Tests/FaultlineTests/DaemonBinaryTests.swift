@@ -48,7 +48,7 @@ struct DaemonBinaryTests {
         try? FileManager.default.removeItem(atPath: folder)
     }
 
-    @Test func tellsSystemdWhenReadyAndWhenStopping() async throws {
+    @Test func tellsSystemdWhenReadyReloadingAndStopping() async throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("fl-notify-\(UUID().uuidString)").path
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
         defer { close(fd); unlink(path) }
@@ -70,6 +70,10 @@ struct DaemonBinaryTests {
             let count = recv(fd, &buffer, buffer.count, 0)
             return count > 0 ? String(decoding: buffer[0..<count], as: UTF8.self) : ""
         }
+        #expect(receive().hasPrefix("READY=1\nSTATUS=0 files, 1 listener: default"))
+        // `systemctl reload` (SIGHUP): reloading, then ready again.
+        daemon.signal(SIGHUP)
+        #expect(receive().hasPrefix("RELOADING=1\nMONOTONIC_USEC="))
         #expect(receive().hasPrefix("READY=1\nSTATUS=0 files, 1 listener: default"))
         daemon.signal(SIGTERM)
         #expect(receive() == "STOPPING=1")

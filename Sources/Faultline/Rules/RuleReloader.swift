@@ -135,7 +135,14 @@ public final class RuleReloader: Service, Sendable {
                 }
                 handledChange = changes.load(ordering: .relaxed)
             }
+            // systemd shows the unit as reloading meanwhile (RELOADING=1 must carry the
+            // monotonic time), and READY=1 says the reload is over, whatever its result.
+            SystemdNotify.send("RELOADING=1\nMONOTONIC_USEC=\(Self.monotonicNanoseconds() / 1000)")
             let outcome = await reloadOnce(reason: request.reason)
+            let status = outcome.succeeded
+                ? outcome.summary
+                : "last reload failed (\(outcome.errors.count) errors); in force: \(outcome.summary)"
+            SystemdNotify.send("READY=1\nSTATUS=\(status)")
             request.reply?(outcome)
         }
     }
