@@ -81,6 +81,7 @@ public final class Daemon: Sendable {
         let reloader = RuleReloader(
             directory: options.rulesDirectory, initial: rules, proxy: proxy, metrics: metrics, hangups: hangups,
             logger: logger)
+        reloader.startWatching()
         return Daemon(group: group, metrics: metrics, proxy: proxy, reloader: reloader, metricsServer: metricsServer,
                       demoServer: demo, logger: logger)
     }
@@ -124,6 +125,7 @@ public final class Daemon: Sendable {
 
     /// Stops everything now (tests); open connections get `gracePeriod` to finish.
     public func shutdown(gracePeriod: Duration = .zero) async {
+        reloader.stopWatching()
         await proxy.drain(gracePeriod: gracePeriod)
         await demoServer?.close()
         await metricsServer?.close()

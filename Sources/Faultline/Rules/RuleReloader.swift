@@ -25,6 +25,7 @@ public final class RuleReloader: Service, Sendable {
     private let hangups: UnixSignalsSequence
     private let current: Mutex<RuleSet>
     private let lastOutcome: Mutex<ReloadOutcome?>
+    private let watcher = Mutex<DirectoryWatcher?>(nil)
     private let requests: AsyncStream<Request>
     private let requestSink: AsyncStream<Request>.Continuation
 
@@ -85,24 +86,33 @@ public final class RuleReloader: Service, Sendable {
         }
     }
 
-    public func run() async throws {
-        let watcher: DirectoryWatcher?
-        if let directory {
-            let sink = requestSink
-            do {
-                watcher = try DirectoryWatcher(directory: directory) { [self] in
-                    lastChangeAt.store(Self.monotonicNanoseconds(), ordering: .relaxed)
-                    let change = changes.add(1, ordering: .relaxed).newValue
-                    sink.yield(Request(reason: "files changed", reply: nil, change: change))
-                }
-            } catch {
-                logger.warning("rule files are not watched; reload with SIGHUP", metadata: ["error": "\(error)"])
-                watcher = nil
+    /// Starts watching the folder. Called by `Daemon.start`, before the daemon says it is
+    /// ready, so that no edit made after that is missed; changes seen before `run()` wait in
+    /// the request queue.
+    func startWatching() {
+        guard let directory else { return }
+        let sink = requestSink
+        do {
+            let watcher = try DirectoryWatcher(directory: directory) { [self] in
+                lastChangeAt.store(Self.monotonicNanoseconds(), ordering: .relaxed)
+                let change = changes.add(1, ordering: .relaxed).newValue
+                sink.yield(Request(reason: "files changed", reply: nil, change: change))
             }
-        } else {
+            self.watcher.withLock { $0 = watcher }
+        } catch {
+            logger.warning("rule files are not watched; reload with SIGHUP", metadata: ["error": "\(error)"])
+        }
+    }
+
+    func stopWatching() {
+        watcher.withLock { watcher in
+            watcher?.stop()
             watcher = nil
         }
-        defer { watcher?.stop() }
+    }
+
+    public func run() async throws {
+        defer { stopWatching() }
 
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [hangups, requestSink] in
