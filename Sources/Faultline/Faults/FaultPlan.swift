@@ -99,10 +99,11 @@ public enum FaultPlanner {
             case .refuse:
                 if plan.refuse == nil { plan.refuse = rule.name }
             case .latency(let latency):
-                switch latency.point {
+                switch latency.point ?? .chunk {
                 case .connect: plan.connectLatency.append(latency)
                 case .first_byte: apply { $0.firstByteLatency.append(latency) }
                 case .chunk: apply { $0.chunkLatency.append(latency) }
+                case .request, .response: break  // HTTP listeners only (the loader sees to it)
                 }
             case .bandwidth(let rate):
                 apply { $0.bandwidth = min($0.bandwidth ?? .max, rate) }
@@ -125,6 +126,8 @@ public enum FaultPlanner {
                 plan.timedEnds.append(TimedEnd(rule: rule.name, after: after, reset: mode == .reset))
             case .slowClose(let delay):
                 apply { $0.slowClose = max($0.slowClose ?? .zero, delay) }
+            case .abort:
+                break  // HTTP listeners only (the loader sees to it)
             }
         }
         return plan

@@ -48,6 +48,36 @@ public final class FaultlineMetrics: Sendable {
         )
     }
 
+    static let requestDurationBuckets: [Duration] = [
+        .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
+        .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5),
+        .seconds(10), .seconds(30), .seconds(60),
+    ]
+
+    /// The golden signals of an `http` listener.
+    func http(_ name: String) -> HTTPListenerMetrics {
+        let labels = [("listener", name)]
+        let requests = MetricNameDescriptor(
+            namespace: "faultline", metricName: "http_requests", unitName: "total",
+            helpText: "HTTP requests answered, by status class (faults and Faultline's own answers included).")
+        let errors = MetricNameDescriptor(
+            namespace: "faultline", metricName: "http_upstream_errors", unitName: "total",
+            helpText: "Requests that failed at the upstream, by kind.")
+        return HTTPListenerMetrics(
+            requests: (1...5).map { registry.makeCounter(descriptor: requests, labels: labels + [("code", "\($0)xx")]) },
+            duration: registry.makeDurationHistogram(
+                descriptor: .init(namespace: "faultline", metricName: "http_request_duration", unitName: "seconds",
+                                  helpText: "From the request head in to the response end out."),
+                labels: labels, buckets: Self.requestDurationBuckets),
+            inFlight: registry.makeGauge(
+                descriptor: .init(namespace: "faultline", metricName: "http_requests_in", unitName: "flight",
+                                  helpText: "Requests received and not yet answered in full."),
+                labels: labels),
+            upstreamErrors: Dictionary(uniqueKeysWithValues: HTTPUpstreamError.allCases.map {
+                ($0, registry.makeCounter(descriptor: errors, labels: labels + [("kind", $0.rawValue)]))
+            }))
+    }
+
     /// Counts each time a fault acts on a connection (once per connection and rule).
     func faultInjections(listener: String, fault: String, kind: String) -> Counter {
         registry.makeCounter(
@@ -88,4 +118,40 @@ struct ListenerMetrics: Sendable {
     func connectFailures(_ reason: UpstreamFailureReason) -> Counter {
         connectFailuresByReason[reason]!
     }
+}
+
+/// Why a request failed at the upstream (the `kind` label).
+enum HTTPUpstreamError: String, CaseIterable, Sendable {
+    case connectRefused = "connect_refused"
+    case connectUnreachable = "connect_unreachable"
+    case connectTimeout = "connect_timeout"
+    case connectResolve = "connect_resolve"
+    case connectOther = "connect_other"
+    /// The upstream reset the connection before the response was complete.
+    case reset
+    /// The upstream closed the connection before the response was complete.
+    case closed
+    /// No response head within the listener's response timeout.
+    case responseTimeout = "response_timeout"
+    /// The upstream's response could not be parsed.
+    case badResponse = "bad_response"
+
+    init(connectFailure reason: UpstreamFailureReason) {
+        switch reason {
+        case .refused: self = .connectRefused
+        case .unreachable: self = .connectUnreachable
+        case .timeout: self = .connectTimeout
+        case .resolve: self = .connectResolve
+        case .other: self = .connectOther
+        }
+    }
+}
+
+/// Metric handles of one `http` listener.
+struct HTTPListenerMetrics: Sendable {
+    /// 1xx to 5xx.
+    let requests: [Counter]
+    let duration: DurationHistogram
+    let inFlight: Gauge
+    let upstreamErrors: [HTTPUpstreamError: Counter]
 }

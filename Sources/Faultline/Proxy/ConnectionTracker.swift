@@ -1,13 +1,25 @@
 import FaultlineRules
 import NIOCore
 
+/// What a loop's tracker needs of a connection, whatever the listener speaks.
+protocol TrackedConnection: AnyObject {
+    /// New rules for the listener (faults on bytes and per request follow them).
+    func rulesChanged(_ configuration: ListenerConfiguration)
+    /// Closes both sides now (idle timeout, end of the drain period).
+    func closeAll()
+    /// Called four times per idle timeout; closes a connection quiet for a whole period.
+    func idleSweep()
+    /// Bytes the proxy holds for the connection (outbound buffers and fault queues).
+    var bufferedBytes: Int { get }
+}
+
 /// The open connections of one listener on one event loop. Only touched on that loop, so
 /// accepting and closing take no lock; the listener visits every loop's tracker to drain.
 // @unchecked Sendable: the tracker is handed to the loop's channel initializers, but every
 // method is only ever called on `eventLoop` (the drain visits it with `eventLoop.submit`).
 final class ConnectionTracker: @unchecked Sendable {
     let eventLoop: EventLoop
-    private var connections: [ObjectIdentifier: ProxyConnection] = [:]
+    private var connections: [ObjectIdentifier: any TrackedConnection] = [:]
     private var nextID: UInt64
     private let idStride: UInt64
     private var idleSweep: RepeatedTask?
@@ -19,6 +31,9 @@ final class ConnectionTracker: @unchecked Sendable {
     var bytesUpstream: Int64 = 0
     var bytesDownstream: Int64 = 0
     private var accepted: Int64 = 0
+    /// HTTP listeners: requests answered by status class (index 0 is 1xx), and in flight now.
+    var requestsByClass: [Int64] = [0, 0, 0, 0, 0]
+    var requestsInFlight = 0
 
     /// Connection ids are unique per listener: each loop counts from its own index in steps
     /// of the loop count.
@@ -34,12 +49,12 @@ final class ConnectionTracker: @unchecked Sendable {
         return nextID
     }
 
-    func add(_ connection: ProxyConnection) {
+    func add(_ connection: some TrackedConnection) {
         connections[ObjectIdentifier(connection)] = connection
         accepted &+= 1
     }
 
-    func remove(_ connection: ProxyConnection) {
+    func remove(_ connection: some TrackedConnection) {
         connections[ObjectIdentifier(connection)] = nil
     }
 
@@ -50,6 +65,8 @@ final class ConnectionTracker: @unchecked Sendable {
         var bytesUpstream: Int64
         var bytesDownstream: Int64
         var open: Int
+        var requestsByClass: [Int64]
+        var requestsInFlight: Int
     }
 
     /// The counts since the last call, and the connections open now.
@@ -58,8 +75,11 @@ final class ConnectionTracker: @unchecked Sendable {
             accepted = 0
             bytesUpstream = 0
             bytesDownstream = 0
+            requestsByClass = [0, 0, 0, 0, 0]
         }
-        return Counts(accepted: accepted, bytesUpstream: bytesUpstream, bytesDownstream: bytesDownstream, open: count)
+        return Counts(
+            accepted: accepted, bytesUpstream: bytesUpstream, bytesDownstream: bytesDownstream, open: count,
+            requestsByClass: requestsByClass, requestsInFlight: requestsInFlight)
     }
 
     /// One repeating task per loop and listener checks every connection for idleness, four

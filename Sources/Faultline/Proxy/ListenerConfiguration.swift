@@ -20,6 +20,10 @@ struct ListenerConfiguration: Sendable {
     let faults: [FaultRule]
     /// `faultline_faults_injected_total` for each of them, made once.
     private let injectionCounters: [String: Counter]
+    /// `http` listeners: the request metrics, and the injection counters of header-triggered
+    /// faults (fault name `header`, by kind).
+    let http: HTTPListenerMetrics?
+    private let headerInjectionCounters: [String: Counter]
 
     init(rule: ListenerRule, faults: [FaultRule], metrics: FaultlineMetrics) throws {
         self.rule = rule
@@ -30,6 +34,17 @@ struct ListenerConfiguration: Sendable {
             counters[fault.name] = metrics.faultInjections(listener: rule.name, fault: fault.name, kind: fault.action.kind)
         }
         self.injectionCounters = counters
+        if rule.protocol == .http {
+            http = metrics.http(rule.name)
+            headerInjectionCounters = rule.http.headerFaults.enabled
+                ? Dictionary(uniqueKeysWithValues: ["latency", "abort"].map {
+                    ($0, metrics.faultInjections(listener: rule.name, fault: "header", kind: $0))
+                })
+                : [:]
+        } else {
+            http = nil
+            headerInjectionCounters = [:]
+        }
         if rule.upstream.isIPLiteral {
             upstream = .address(try SocketAddress(ipAddress: rule.upstream.host, port: rule.upstream.port))
         } else {
@@ -39,5 +54,9 @@ struct ListenerConfiguration: Sendable {
 
     func injections(_ fault: FaultRule) -> Counter {
         injectionCounters[fault.name]!
+    }
+
+    func headerInjections(kind: String) -> Counter? {
+        headerInjectionCounters[kind]
     }
 }

@@ -13,7 +13,7 @@ import Glibc
 ///
 /// Life: accepted → dialing (client reads held) → open (bytes flow both ways, each direction
 /// gated by the other side's writability) → half-closed as each side sends FIN → closed.
-final class ProxyConnection {
+final class ProxyConnection: TrackedConnection {
     enum State {
         case dialing
         case open

@@ -104,9 +104,16 @@ public final class ProxyListener: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     // The configuration is read once, here: the connection keeps it for life.
                     let listener = configuration.value.withLock { $0 }
-                    let connection = ProxyConnection(
-                        id: tracker.makeID(), clientChannel: channel, listener: listener, tracker: tracker, logger: logger)
-                    try connection.attachClient(to: channel)
+                    switch listener.rule.protocol {
+                    case .tcp:
+                        let connection = ProxyConnection(
+                            id: tracker.makeID(), clientChannel: channel, listener: listener, tracker: tracker, logger: logger)
+                        try connection.attachClient(to: channel)
+                    case .http:
+                        let connection = HTTPProxyConnection(
+                            id: tracker.makeID(), clientChannel: channel, listener: listener, tracker: tracker, logger: logger)
+                        try connection.attachClient(to: channel)
+                    }
                 }
             }
             .bind(to: address)
@@ -152,8 +159,9 @@ public final class ProxyListener: Sendable {
     /// Folds each loop's counts since the last scrape into the shared metrics; the data path
     /// itself only adds to plain integers on its own loop.
     func collectMetrics() async {
-        let metrics = configuration.value.withLock { $0.metrics }
+        let (metrics, http) = configuration.value.withLock { ($0.metrics, $0.http) }
         var open = 0
+        var inFlight = 0
         for acceptor in acceptors {
             guard let counts = try? await acceptor.tracker.eventLoop.submit({ acceptor.tracker.takeCounts() }).get()
             else { continue }
@@ -161,8 +169,15 @@ public final class ProxyListener: Sendable {
             metrics.bytesUpstream.increment(by: counts.bytesUpstream)
             metrics.bytesDownstream.increment(by: counts.bytesDownstream)
             open += counts.open
+            if let http {
+                for (index, value) in counts.requestsByClass.enumerated() where value > 0 {
+                    http.requests[index].increment(by: value)
+                }
+                inFlight += counts.requestsInFlight
+            }
         }
         metrics.open.set(Int64(open))
+        http?.inFlight.set(Int64(inFlight))
     }
 
     /// Bytes the proxy holds in its outbound buffers for this listener's connections.

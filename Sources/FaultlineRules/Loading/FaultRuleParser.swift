@@ -3,7 +3,7 @@ import Yams
 /// Parses one entry of `faults:`. Each fault names its listener and carries exactly one action
 /// key (`latency:`, `bandwidth:`, ...) whose mapping holds that action's settings.
 enum FaultRuleParser {
-    static let commonKeys = ["name", "listener", "enabled", "probability", "direction", "clients"]
+    static let commonKeys = ["name", "listener", "enabled", "probability", "direction", "clients", "match"]
     static let allKeys = commonKeys + FaultAction.kinds
 
     static func parse(_ node: Node, path: String, reader: inout NodeReader) -> FaultRule? {
@@ -17,6 +17,7 @@ enum FaultRuleParser {
         let probability = fields["probability"].flatMap { reader.probability($0) } ?? 1
         let direction = fields["direction"].flatMap { reader.oneOf($0, FaultDirection.self) } ?? .both
         let clients = fields["clients"].flatMap { reader.cidrList($0) } ?? []
+        let match = fields["match"].flatMap { HTTPRuleParser.match($0, reader: &reader) } ?? RequestMatch()
 
         let actionEntries = FaultAction.kinds.compactMap { fields[$0] }
         var action: FaultAction?
@@ -34,7 +35,7 @@ enum FaultRuleParser {
         guard reader.errors.count == errorsBefore, let name, let listener, let action else { return nil }
         return FaultRule(
             name: name, listener: listener, enabled: enabled, probability: probability, direction: direction,
-            clients: clients, action: action, source: reader.location(of: node))
+            clients: clients, match: match, action: action, source: reader.location(of: node))
     }
 
     static func parseAction(_ entry: Fields.Entry, reader: inout NodeReader) -> FaultAction? {
@@ -54,7 +55,7 @@ enum FaultRuleParser {
             guard let delay = f["delay"].flatMap({ reader.duration($0) }) else { return nil }
             let jitter = f["jitter"].flatMap { reader.duration($0) } ?? .zero
             let distribution = f["distribution"].flatMap { reader.oneOf($0, LatencyDistribution.self) } ?? .uniform
-            let point = f["apply"].flatMap { reader.oneOf($0, LatencyPoint.self) } ?? .chunk
+            let point = f["apply"].flatMap { reader.oneOf($0, LatencyPoint.self) }
             return .latency(LatencyFault(delay: delay, jitter: jitter, distribution: distribution, point: point))
         case "bandwidth":
             guard let f = reader.fields(value, path: entry.path, allowed: ["rate"], required: ["rate"]),
@@ -99,6 +100,8 @@ enum FaultRuleParser {
             else { return nil }
             let mode = f["mode"].flatMap { reader.oneOf($0, CutMode.self) } ?? .reset
             return .cut(after: after, mode: mode)
+        case "abort":
+            return HTTPRuleParser.abort(value, path: entry.path, reader: &reader).map { .abort($0) }
         case "slow_close":
             guard let f = reader.fields(value, path: entry.path, allowed: ["delay"], required: ["delay"]),
                 let delay = f["delay"].flatMap({ reader.duration($0) })

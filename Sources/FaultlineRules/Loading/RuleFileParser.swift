@@ -4,7 +4,7 @@ import Yams
 /// need the whole folder (duplicate names, two listeners on one address) are `RuleLoader`'s.
 public struct RuleFileParser {
     static let topLevelKeys = ["listeners", "faults"]
-    static let listenerKeys = ["name", "listen", "upstream", "protocol", "timeouts"]
+    static let listenerKeys = ["name", "listen", "upstream", "protocol", "timeouts", "http"]
     static let timeoutKeys = ["connect", "idle"]
 
     public struct Result: Sendable {
@@ -62,11 +62,15 @@ public struct RuleFileParser {
         }
         let upstream = fields["upstream"].flatMap { reader.hostPort($0, allowPortZero: false) }
         var proto = ListenerProtocol.tcp
-        if let entry = fields["protocol"] {
-            if reader.string(entry) == "http" {
-                reader.report("\(entry.path): \"http\" is not available in this version; use tcp", at: entry.value)
-            } else if let value = reader.oneOf(entry, ListenerProtocol.self) {
-                proto = value
+        if let entry = fields["protocol"], let value = reader.oneOf(entry, ListenerProtocol.self) {
+            proto = value
+        }
+        var http = HTTPSettings()
+        if let entry = fields["http"] {
+            if proto != .http {
+                reader.report("\(entry.path): only for listeners with protocol: http", at: entry.key)
+            } else if let settings = HTTPRuleParser.settings(entry, reader: &reader) {
+                http = settings
             }
         }
         var connectTimeout = ListenerRule.defaultConnectTimeout
@@ -89,6 +93,7 @@ public struct RuleFileParser {
             protocol: proto,
             connectTimeout: connectTimeout,
             idleTimeout: idleTimeout,
+            http: http,
             source: reader.location(of: node)
         )
     }

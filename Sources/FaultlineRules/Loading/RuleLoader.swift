@@ -106,7 +106,11 @@ public enum RuleLoader {
         var errors: [RuleError] = []
         var byName: [String: FaultRule] = [:]
         let listenerNames = listeners.map(\.name) + knownListeners
+        let protocols = Dictionary(listeners.map { ($0.name, $0.protocol) }, uniquingKeysWith: { first, _ in first })
         for fault in faults {
+            if let proto = protocols[fault.listener] {
+                errors += protocolErrors(fault, listenerProtocol: proto)
+            }
             if let first = byName[fault.name] {
                 errors.append(RuleError("fault \"\(fault.name)\" is already declared at \(first.source)", at: fault.source))
             } else {
@@ -118,6 +122,56 @@ public enum RuleLoader {
                     message += "; did you mean \"\(suggestion)\"?"
                 }
                 errors.append(RuleError(message, at: fault.source))
+            }
+        }
+        return errors
+    }
+
+    /// What a fault may do depends on what its listener speaks: per connection on `tcp`, per
+    /// request on `http`.
+    static func protocolErrors(_ fault: FaultRule, listenerProtocol: ListenerProtocol) -> [RuleError] {
+        var errors: [RuleError] = []
+        let kind = fault.action.kind
+        let at = fault.source
+        switch listenerProtocol {
+        case .tcp:
+            if kind == "abort" {
+                errors.append(RuleError("fault \"\(fault.name)\": abort needs a listener with protocol: http", at: at))
+            }
+            if !fault.match.isEmpty {
+                errors.append(RuleError("fault \"\(fault.name)\": match needs a listener with protocol: http", at: at))
+            }
+            if case .latency(let latency) = fault.action, let point = latency.point, !LatencyPoint.tcpPoints.contains(point) {
+                errors.append(RuleError(
+                    "fault \"\(fault.name)\": latency.apply: \(point.rawValue) needs a listener with protocol: http", at: at))
+            }
+        case .http:
+            guard FaultAction.httpKinds.contains(kind) else {
+                errors.append(RuleError(
+                    "fault \"\(fault.name)\": \(kind) acts on TCP listeners; on an http listener use one of \(FaultAction.httpKinds.joined(separator: ", "))",
+                    at: at))
+                return errors
+            }
+            if fault.direction != .both {
+                errors.append(RuleError(
+                    "fault \"\(fault.name)\": direction is for TCP listeners; on an http listener faults act on the request or its response",
+                    at: at))
+            }
+            switch fault.action {
+            case .latency(let latency):
+                if let point = latency.point, !LatencyPoint.httpPoints.contains(point) {
+                    errors.append(RuleError(
+                        "fault \"\(fault.name)\": latency.apply on an http listener is request or response, not \(point.rawValue)",
+                        at: at))
+                }
+            case .reset(let after, _):
+                if after != .zero {
+                    errors.append(RuleError(
+                        "fault \"\(fault.name)\": reset.after is for TCP listeners; on an http listener reset at once or after_bytes of the response body",
+                        at: at))
+                }
+            default:
+                break
             }
         }
         return errors

@@ -28,6 +28,13 @@ public enum LatencyPoint: String, Sendable, Hashable, CaseIterable {
     case first_byte
     /// Before each chunk read in the direction.
     case chunk
+    /// HTTP listeners: before the request is forwarded (the default there).
+    case request
+    /// HTTP listeners: before the response's first byte reaches the client.
+    case response
+
+    public static let tcpPoints: [LatencyPoint] = [.connect, .first_byte, .chunk]
+    public static let httpPoints: [LatencyPoint] = [.request, .response]
 }
 
 /// How a cut connection ends.
@@ -42,10 +49,11 @@ public struct LatencyFault: Sendable, Hashable {
     public var delay: Duration
     public var jitter: Duration
     public var distribution: LatencyDistribution
-    public var point: LatencyPoint
+    /// nil: the listener's default, `chunk` for TCP and `request` for HTTP.
+    public var point: LatencyPoint?
 
     public init(delay: Duration, jitter: Duration = .zero, distribution: LatencyDistribution = .uniform,
-                point: LatencyPoint = .chunk) {
+                point: LatencyPoint? = nil) {
         self.delay = delay
         self.jitter = jitter
         self.distribution = distribution
@@ -75,6 +83,8 @@ public enum FaultAction: Sendable, Hashable {
     case cut(after: Duration, mode: CutMode)
     /// The FIN in the direction is held back for `delay`.
     case slowClose(delay: Duration)
+    /// HTTP listeners: answer with this response without contacting the upstream.
+    case abort(HTTPAbort)
 
     /// The rule key and metric label of the action.
     public var kind: String {
@@ -88,12 +98,16 @@ public enum FaultAction: Sendable, Hashable {
         case .limit: "limit"
         case .cut: "cut"
         case .slowClose: "slow_close"
+        case .abort: "abort"
         }
     }
 
     public static let kinds = [
-        "latency", "bandwidth", "slicer", "reset", "refuse", "blackhole", "limit", "cut", "slow_close",
+        "latency", "bandwidth", "slicer", "reset", "refuse", "blackhole", "limit", "cut", "slow_close", "abort",
     ]
+    /// What a fault on an `http` listener may do; each acts on one request.
+    public static let httpKinds = ["latency", "abort", "reset", "limit", "blackhole", "bandwidth"]
+    public static let tcpKinds = kinds.filter { $0 != "abort" }
 }
 
 /// One fault rule: what to do, to which listener's connections, how often, in which direction
@@ -107,12 +121,14 @@ public struct FaultRule: Sendable, Hashable {
     public var direction: FaultDirection
     /// Only clients in these blocks; empty means every client.
     public var clients: [CIDR]
+    /// HTTP listeners: which requests (empty matches every request).
+    public var match: RequestMatch
     public var action: FaultAction
     public var source: SourceLocation
 
     public init(
         name: String, listener: String, enabled: Bool = true, probability: Double = 1, direction: FaultDirection = .both,
-        clients: [CIDR] = [], action: FaultAction,
+        clients: [CIDR] = [], match: RequestMatch = RequestMatch(), action: FaultAction,
         source: SourceLocation = SourceLocation(file: "<runtime>", line: 1, column: 1)
     ) {
         self.name = name
@@ -121,6 +137,7 @@ public struct FaultRule: Sendable, Hashable {
         self.probability = probability
         self.direction = direction
         self.clients = clients
+        self.match = match
         self.action = action
         self.source = source
     }

@@ -1,7 +1,8 @@
-/// What a listener speaks. `http` arrives with HTTP mode; until then the loader refuses it
-/// rather than quietly proxying HTTP as bytes while the user believes requests are parsed.
+/// What a listener speaks: bytes (`tcp`) or HTTP/1.1 requests (`http`), which faults can
+/// then target one by one.
 public enum ListenerProtocol: String, Sendable, Hashable, CaseIterable {
     case tcp
+    case http
 }
 
 /// One listener as the rule files declare it: where Faultline listens and where it forwards.
@@ -17,6 +18,8 @@ public struct ListenerRule: Sendable, Hashable {
     public var connectTimeout: Duration
     /// A connection with no byte in either direction for this long is closed.
     public var idleTimeout: Duration
+    /// `http` listeners only.
+    public var http: HTTPSettings
     /// Where the listener was declared, for messages that point back at the file.
     public var source: SourceLocation
 
@@ -27,6 +30,7 @@ public struct ListenerRule: Sendable, Hashable {
         protocol: ListenerProtocol = .tcp,
         connectTimeout: Duration = ListenerRule.defaultConnectTimeout,
         idleTimeout: Duration = ListenerRule.defaultIdleTimeout,
+        http: HTTPSettings = HTTPSettings(),
         source: SourceLocation = SourceLocation(file: "<command line>", line: 1, column: 1)
     ) {
         self.name = name
@@ -35,6 +39,7 @@ public struct ListenerRule: Sendable, Hashable {
         self.protocol = `protocol`
         self.connectTimeout = connectTimeout
         self.idleTimeout = idleTimeout
+        self.http = http
         self.source = source
     }
 

@@ -1,0 +1,135 @@
+import FaultlineRules
+
+/// What one fault does to one HTTP request. Concrete: delays are already drawn.
+public enum RequestFault: Sendable, Equatable {
+    /// Hold the request this long before it is forwarded.
+    case delayRequest(nanoseconds: Int64)
+    /// Hold the response this long before its first byte goes to the client.
+    case delayResponse(nanoseconds: Int64)
+    /// Answer with this response; the upstream is not contacted.
+    case abort(HTTPAbort)
+    /// RST the client connection: at once (`nil`), or after this many response body bytes.
+    case reset(afterBodyBytes: Int?)
+    /// Pass this many response body bytes, then close the connection (a truncated body).
+    case truncate(bodyBytes: Int)
+    /// Never answer; with `closeAfter`, close the connection after that long.
+    case blackhole(closeAfter: Duration?)
+    /// Response body at most this many bytes per second.
+    case throttle(bytesPerSecond: Int)
+
+    public var kind: String {
+        switch self {
+        case .delayRequest, .delayResponse: "latency"
+        case .abort: "abort"
+        case .reset: "reset"
+        case .truncate: "limit"
+        case .blackhole: "blackhole"
+        case .throttle: "bandwidth"
+        }
+    }
+}
+
+/// The request as fault matching sees it.
+public struct RequestFacts {
+    public var method: String
+    /// Without the query string.
+    public var path: Substring
+    /// First value of a header by lower-case name.
+    public var header: (String) -> String?
+    /// 4 or 16 bytes; nil for a UNIX socket client.
+    public var clientAddress: [UInt8]?
+
+    public init(method: String, path: Substring, header: @escaping (String) -> String?, clientAddress: [UInt8]?) {
+        self.method = method
+        self.path = path
+        self.header = header
+        self.clientAddress = clientAddress
+    }
+}
+
+/// Decides the fault of one HTTP request. Rules are tried in file order and the first that
+/// matches wins, its probability included: a request that loses the draw of a rule goes on to
+/// the next one. One fault per request, decided when its head arrives.
+public enum HTTPFaultPlanner {
+    public enum Decision: Equatable {
+        case rule(FaultRule, RequestFault)
+        /// Asked for by a request header (the listener opted in).
+        case header(RequestFault)
+        /// A fault header that cannot be understood: the client gets 400 with this reason.
+        case badHeader(String)
+    }
+
+    public static func decide(
+        faults: [FaultRule], headerFaults: HeaderFaults, request: RequestFacts, random: inout FaultRandom
+    ) -> Decision? {
+        if headerFaults.enabled, let decision = fromHeaders(headerFaults, request: request) {
+            return decision
+        }
+        for rule in faults where rule.enabled && rule.targets(clientAddress: request.clientAddress) {
+            guard rule.match.matches(method: request.method, path: request.path, header: request.header) else { continue }
+            if rule.probability < 1, !(random.unit() < rule.probability) { continue }
+            guard let fault = fault(of: rule.action, random: &random) else { continue }
+            return .rule(rule, fault)
+        }
+        return nil
+    }
+
+    static func fault(of action: FaultAction, random: inout FaultRandom) -> RequestFault? {
+        switch action {
+        case .latency(let latency):
+            let delay = LatencySampler.sample(latency, using: &random)
+            return latency.point == .response ? .delayResponse(nanoseconds: delay) : .delayRequest(nanoseconds: delay)
+        case .abort(let abort):
+            return .abort(abort)
+        case .reset(_, let afterBytes):
+            return .reset(afterBodyBytes: afterBytes)
+        case .limit(let bytes):
+            return .truncate(bodyBytes: bytes)
+        case .blackhole(let closeAfter):
+            return .blackhole(closeAfter: closeAfter)
+        case .bandwidth(let rate):
+            return .throttle(bytesPerSecond: rate)
+        case .slicer, .refuse, .cut, .slowClose:
+            return nil  // TCP listeners only (the loader sees to it)
+        }
+    }
+
+    static func fromHeaders(_ settings: HeaderFaults, request: RequestFacts) -> Decision? {
+        let delay = request.header(HeaderFaults.delayHeader)
+        let abort = request.header(HeaderFaults.abortHeader)
+        guard delay != nil || abort != nil else { return nil }
+        if !settings.clients.isEmpty {
+            guard let address = request.clientAddress, settings.clients.contains(where: { $0.contains(address) })
+            else { return nil }
+        }
+        if let abort {
+            guard let status = Int(abort.trimmingCharacters(in: " \t")), (200...599).contains(status) else {
+                return .badHeader("\(HeaderFaults.abortHeader): \"\(abort)\" is not a status from 200 to 599")
+            }
+            return .header(.abort(HTTPAbort(
+                status: status, headers: [.init(name: "Content-Type", value: "text/plain; charset=utf-8")],
+                body: "aborted by faultline (\(HeaderFaults.abortHeader))\n")))
+        }
+        if let delay {
+            guard let value = DurationText.parse(delay.trimmingCharacters(in: " \t")), value <= .seconds(600) else {
+                return .badHeader("\(HeaderFaults.delayHeader): \"\(delay)\" is not a duration up to 10m (250ms, 1.5s)")
+            }
+            return .header(.delayRequest(nanoseconds: value.nanoseconds))
+        }
+        return nil
+    }
+}
+
+extension String {
+    fileprivate func trimmingCharacters(in set: String) -> Substring {
+        let drop = Set(set)
+        var slice = self[...]
+        while let first = slice.first, drop.contains(first) { slice = slice.dropFirst() }
+        while let last = slice.last, drop.contains(last) { slice = slice.dropLast() }
+        return slice
+    }
+}
+
+extension DurationText {
+    static func parse(_ text: Substring) -> Duration? { parse(String(text)) }
+}

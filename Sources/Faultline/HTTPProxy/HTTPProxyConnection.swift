@@ -1,0 +1,772 @@
+import FaultlineRules
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// One request and its response on an `http` listener, from the request head to the end of
+/// the response. Requests on a connection are handled one at a time (NIO's pipelining handler
+/// holds the next one back), so a connection has at most one exchange.
+final class HTTPExchange {
+    let startedAt = NIODeadline.now()
+    let isHead: Bool
+    let clientKeepAlive: Bool
+    /// The fault decided for this request when its head arrived (it keeps it).
+    var fault: RequestFault?
+
+    /// Request parts not yet written upstream: while dialing, while a delay holds the request,
+    /// or while the upstream is not writable. Reads stop meanwhile, so it stays one read burst.
+    var requestQueue = CircularBuffer<HTTPClientRequestPart>(initialCapacity: 4)
+    var requestHeld = false
+    var headSent = false
+    var requestSent = false
+    /// abort, blackhole and Faultline's own answers: the request is read and dropped.
+    var dropRequest = false
+    /// What to answer once the request has been read in full.
+    var pendingReply: (status: Int, headers: [HTTPAbort.HeaderField], body: String)?
+
+    /// Response parts not yet written to the client: while a delay holds the response, while
+    /// throttling paces it, or while the client is not writable.
+    var responseQueue = CircularBuffer<HTTPServerResponsePart>(initialCapacity: 4)
+    var responseHeld = false
+    var responseHeadReceived = false
+    var responseEndReceived = false
+    var responseHeadSent = false
+    var status = 0
+    var bodySent = 0
+    var upstreamKeepAlive = true
+    var nextWriteAt = NIODeadline.uptimeNanoseconds(0)
+    /// The delay of a request or response, the throttle's next slot, a blackhole's close.
+    var timer: Scheduled<Void>?
+    var responseTimer: Scheduled<Void>?
+    var complete = false
+
+    init(isHead: Bool, clientKeepAlive: Bool) {
+        self.isHead = isHead
+        self.clientKeepAlive = clientKeepAlive
+    }
+
+    /// True when the fault acts on the response body, so that each part goes through the pump.
+    var shapesResponse: Bool {
+        switch fault {
+        case .delayResponse, .truncate, .throttle, .reset(afterBodyBytes: .some): true
+        default: false
+        }
+    }
+
+    func cancelTimers() {
+        timer?.cancel()
+        timer = nil
+        responseTimer?.cancel()
+        responseTimer = nil
+    }
+}
+
+/// One client connection of an `http` listener and the upstream connection it uses. Like the
+/// TCP `ProxyConnection`, everything lives on the client's event loop and nothing is locked.
+///
+/// Upstream connections: one per client connection, dialed on the first request that needs
+/// the upstream and kept while both sides keep the connection alive, so that a keep-alive
+/// client costs one upstream connection, requests stay in order, and nothing is shared
+/// between clients (a fault on one client's requests never delays another's).
+final class HTTPProxyConnection: TrackedConnection {
+    let id: UInt64
+    let eventLoop: EventLoop
+    let listener: ListenerConfiguration
+    let tracker: ConnectionTracker
+    let logger: Logger
+    private let settings: HTTPSettings
+    private let metrics: HTTPListenerMetrics
+    /// The rules new requests follow; replaced when the rules change.
+    private var faultConfiguration: ListenerConfiguration
+
+    private var clientChannel: Channel?
+    private var clientHandler: HTTPClientSideHandler?
+    private var headWatch: HTTPHeadWatch?
+    private var clientActive = false
+
+    private var upstreamChannel: Channel?
+    private var upstreamHandler: HTTPUpstreamSideHandler?
+    /// Bumped for each upstream connection: events of one given up are ignored.
+    private var generation = 0
+    private var upstreamConnecting = false
+    private var upstreamReady = false
+    private var upstreamResetSeen = false
+
+    private var exchange: HTTPExchange?
+    private var headTimer: Scheduled<Void>?
+    /// The client half-closed or an answer said `Connection: close`: close after this response.
+    private var closeAfterResponse = false
+    private var finished = false
+
+    private let acceptedAt = NIODeadline.now()
+    private var sawActivity = false
+    private var quietSweeps = 0
+
+    init(id: UInt64, clientChannel: Channel, listener: ListenerConfiguration, tracker: ConnectionTracker, logger: Logger) {
+        self.id = id
+        self.eventLoop = clientChannel.eventLoop
+        self.clientChannel = clientChannel
+        self.listener = listener
+        self.faultConfiguration = listener
+        self.tracker = tracker
+        self.logger = logger
+        self.settings = listener.rule.http
+        self.metrics = listener.http!
+    }
+
+    /// Builds the client pipeline; called from the accepted channel's initializer.
+    func attachClient(to channel: Channel) throws {
+        let watch = HTTPHeadWatch(connection: self)
+        headWatch = watch
+        try channel.pipeline.syncOperations.addHandler(watch)
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderListSize = settings.maxHeadBytes
+        limits.maxHeaderFieldSize = settings.maxHeadBytes
+        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+            position: .last, withPipeliningAssistance: true, withServerUpgrade: nil, withErrorHandling: false,
+            // Response heads are the upstream's, already parsed: checking them again costs time.
+            withOutboundHeaderValidation: false, withEncoderConfiguration: .init(),
+            withDecoderLimitConfiguration: limits)
+        let handler = HTTPClientSideHandler(connection: self)
+        clientHandler = handler
+        try channel.pipeline.syncOperations.addHandler(handler)
+    }
+
+    // MARK: Client events
+
+    func clientBecameActive() {
+        clientActive = true
+        tracker.add(self)
+    }
+
+    func clientBytesArrived() {
+        sawActivity = true
+        // The head timeout runs from the first byte of a request to the end of its head.
+        if exchange == nil, headTimer == nil {
+            headTimer = eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(settings.headTimeout.nanoseconds)) {
+                [self] in
+                headTimer = nil
+                guard exchange == nil, clientActive else { return }
+                reject(408, "Request Timeout", "request head not received within \(DurationText.format(settings.headTimeout))")
+            }
+        }
+    }
+
+    func requestPart(_ part: HTTPServerRequestPart) {
+        switch part {
+        case .head(let head):
+            startExchange(head)
+        case .body(let buffer):
+            tracker.bytesUpstream &+= Int64(buffer.readableBytes)
+            guard let exchange, !exchange.dropRequest else { return }
+            sendUpstream(.body(.byteBuffer(buffer)), exchange)
+        case .end(let trailers):
+            guard let exchange else { return }
+            if exchange.dropRequest {
+                if let reply = exchange.pendingReply {
+                    exchange.pendingReply = nil
+                    answer(exchange, status: reply.status, headers: reply.headers, body: reply.body)
+                }
+                return
+            }
+            sendUpstream(.end(trailers), exchange)
+        }
+    }
+
+    func clientReadComplete() {
+        upstreamHandler?.flush()
+    }
+
+    func clientBecameWritable() {
+        pumpResponse()
+        upstreamHandler?.resumeReading()
+    }
+
+    func clientInputClosed() {
+        // A client that half-closes after its request still gets the answer.
+        if exchange == nil {
+            clientChannel?.close(promise: nil)
+        } else {
+            closeAfterResponse = true
+        }
+    }
+
+    func clientError(_ error: any Error) {
+        if let parserError = error as? HTTPParserError {
+            guard exchange?.responseHeadSent != true else {
+                closeAll()
+                return
+            }
+            switch parserError {
+            case .headerOverflow:
+                reject(431, "Request Header Fields Too Large", "request head larger than \(settings.maxHeadBytes) bytes")
+            default:
+                reject(400, "Bad Request", "malformed request (\(parserError))")
+            }
+            return
+        }
+        if !(error is ChannelError) {
+            logger.debug("client connection error", metadata: ["conn.id": "\(id)", "error": "\(error)"])
+        }
+        closeAll()
+    }
+
+    func clientBecameInactive() {
+        clientActive = false
+        headTimer?.cancel()
+        headTimer = nil
+        if let exchange {
+            exchange.cancelTimers()
+            endExchange(exchange, counted: false)
+        }
+        closeUpstream()
+        finish()
+    }
+
+    func mayReadClient() -> Bool {
+        guard let exchange else { return true }
+        if exchange.dropRequest { return true }  // read and dropped: memory stays flat
+        return exchange.requestQueue.isEmpty && !exchange.requestHeld && upstreamReady
+            && (upstreamHandler?.isWritable ?? false)
+    }
+
+    // MARK: Requests
+
+    private func startExchange(_ head: HTTPRequestHead) {
+        headTimer?.cancel()
+        headTimer = nil
+        guard exchange == nil else {
+            // The pipelining handler delivers one request at a time; anything else is a bug
+            // that must not turn into crossed responses.
+            closeAll()
+            return
+        }
+        let exchange = HTTPExchange(isHead: head.method == .HEAD, clientKeepAlive: head.isKeepAlive)
+        self.exchange = exchange
+        tracker.requestsInFlight += 1
+        if head.uri.utf8.count > settings.maxHeadBytes {
+            reply(exchange, 431, "request line longer than \(settings.maxHeadBytes) bytes\n")
+            return
+        }
+        if head.headers.contains(name: "upgrade") {
+            reply(exchange, 501, "faultline: Upgrade (WebSocket) is not proxied by http listeners; use a tcp listener\n")
+            return
+        }
+        var head = head
+        if !faultConfiguration.faults.isEmpty || settings.headerFaults.enabled {
+            decideFault(&head, exchange)
+            if exchange.dropRequest || !clientActive { return }
+        }
+        exchange.requestQueue.append(.head(head))
+        ensureUpstream()
+        pumpRequest()
+    }
+
+    private func decideFault(_ head: inout HTTPRequestHead, _ exchange: HTTPExchange) {
+        let headers = head.headers
+        let facts = RequestFacts(
+            method: head.method.rawValue,
+            path: head.uri.prefix { $0 != "?" },
+            header: { headers.first(name: $0) },
+            clientAddress: clientChannel?.remoteAddress?.addressBytes)
+        let decision = HTTPFaultPlanner.decide(
+            faults: faultConfiguration.faults, headerFaults: settings.headerFaults, request: facts,
+            random: &tracker.random)
+        if settings.headerFaults.enabled {
+            // The service under test never sees the fault headers.
+            head.headers.remove(name: HeaderFaults.delayHeader)
+            head.headers.remove(name: HeaderFaults.abortHeader)
+        }
+        let fault: RequestFault
+        switch decision {
+        case .none:
+            return
+        case .badHeader(let reason):
+            reply(exchange, 400, "faultline: \(reason)\n")
+            return
+        case .header(let headerFault):
+            faultConfiguration.headerInjections(kind: headerFault.kind)?.increment()
+            fault = headerFault
+        case .rule(let rule, let ruleFault):
+            faultConfiguration.injections(rule).increment()
+            fault = ruleFault
+        }
+        exchange.fault = fault
+        switch fault {
+        case .abort(let abort):
+            exchange.dropRequest = true
+            exchange.pendingReply = (abort.status, abort.headers, abort.body)
+        case .reset(afterBodyBytes: nil):
+            exchange.dropRequest = true
+            if let clientChannel { ProxyConnection.reset(clientChannel) }
+        case .blackhole(let closeAfter):
+            exchange.dropRequest = true
+            if let closeAfter {
+                exchange.timer = eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(closeAfter.nanoseconds)) {
+                    [self] in
+                    exchange.timer = nil
+                    closeAll()
+                }
+            }
+        case .delayRequest(let nanoseconds):
+            exchange.requestHeld = true
+            exchange.timer = eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(nanoseconds)) { [self] in
+                exchange.timer = nil
+                exchange.requestHeld = false
+                pumpRequest()
+            }
+        case .delayResponse, .truncate, .reset, .throttle:
+            break  // acts on the response
+        }
+    }
+
+    /// Faultline answers the request itself, once the request has been read in full.
+    private func reply(_ exchange: HTTPExchange, _ status: Int, _ body: String) {
+        exchange.dropRequest = true
+        exchange.pendingReply = (status, [.init(name: "Content-Type", value: "text/plain; charset=utf-8")], body)
+    }
+
+    private func sendUpstream(_ part: HTTPClientRequestPart, _ exchange: HTTPExchange) {
+        // The plain path: nothing waits before this part and the upstream takes it now; the
+        // flush comes at the end of the read burst.
+        if exchange.requestQueue.isEmpty, !exchange.requestHeld, upstreamReady, let upstream = upstreamHandler,
+            upstream.isWritable
+        {
+            upstream.write(part)
+            if case .end = part { requestSent(exchange) }
+            return
+        }
+        exchange.requestQueue.append(part)
+        pumpRequest()
+    }
+
+    private func pumpRequest() {
+        guard let exchange, !exchange.requestHeld, upstreamReady, let upstream = upstreamHandler else { return }
+        var wrote = false
+        while let part = exchange.requestQueue.first, upstream.isWritable {
+            exchange.requestQueue.removeFirst()
+            upstream.write(part)
+            wrote = true
+            switch part {
+            case .head: exchange.headSent = true
+            case .end: requestSent(exchange)
+            case .body: break
+            }
+        }
+        if wrote { upstream.flush() }
+        if exchange.requestQueue.isEmpty { clientHandler?.resumeReading() }
+    }
+
+    private func requestSent(_ exchange: HTTPExchange) {
+        exchange.headSent = true
+        exchange.requestSent = true
+        guard !exchange.responseHeadReceived else { return }
+        exchange.responseTimer = eventLoop.assumeIsolated().scheduleTask(
+            in: .nanoseconds(settings.responseTimeout.nanoseconds)
+        ) { [self] in
+            exchange.responseTimer = nil
+            guard self.exchange === exchange, !exchange.responseHeadReceived else { return }
+            metrics.upstreamErrors[.responseTimeout]!.increment()
+            logger.warning(
+                "upstream did not answer in time", metadata: ["conn.id": "\(id)", "timeout": "\(settings.responseTimeout)"])
+            closeUpstream()
+            fail(exchange, 504, "faultline: upstream did not answer within \(DurationText.format(settings.responseTimeout))\n")
+        }
+    }
+
+    // MARK: Upstream
+
+    private func ensureUpstream() {
+        guard upstreamChannel == nil, !upstreamConnecting else { return }
+        upstreamConnecting = true
+        upstreamResetSeen = false
+        generation += 1
+        let generation = self.generation
+        let loopBoundSelf = NIOLoopBound(self, eventLoop: eventLoop)
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(.nanoseconds(listener.rule.connectTimeout.nanoseconds))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let connection = loopBoundSelf.value
+                    let handler = HTTPUpstreamSideHandler(connection: connection, generation: generation)
+                    let decoder = HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)
+                    try channel.pipeline.syncOperations.addHandlers([
+                        HTTPRequestEncoder(), ByteToMessageHandler(decoder), handler,
+                    ])
+                    connection.upstreamHandler = handler
+                    connection.upstreamChannel = channel
+                }
+            }
+        let connected: EventLoopFuture<Channel>
+        switch listener.upstream {
+        case .address(let address): connected = bootstrap.connect(to: address)
+        case .name(let host, let port): connected = bootstrap.connect(host: host, port: port)
+        }
+        connected.assumeIsolated().whenComplete { [self] result in
+            guard generation == self.generation else {
+                if case .success(let channel) = result { channel.close(promise: nil) }
+                return
+            }
+            upstreamConnecting = false
+            switch result {
+            case .success(let channel):
+                guard clientActive else {
+                    channel.close(promise: nil)
+                    return
+                }
+                upstreamReady = true
+                pumpRequest()
+            case .failure(let error):
+                upstreamHandler = nil
+                upstreamChannel = nil
+                let reason = UpstreamFailureReason(error)
+                listener.metrics.connectFailures(reason).increment()
+                metrics.upstreamErrors[HTTPUpstreamError(connectFailure: reason)]!.increment()
+                logger.warning(
+                    "upstream connect failed",
+                    metadata: ["conn.id": "\(id)", "upstream": "\(listener.rule.upstream)", "reason": "\(reason.rawValue)"])
+                if let exchange {
+                    fail(exchange, 502, "faultline: cannot connect to the upstream \(listener.rule.upstream) (\(reason.rawValue))\n")
+                }
+            }
+        }
+    }
+
+    func mayReadUpstream(_ generation: Int) -> Bool {
+        guard generation == self.generation else { return true }
+        guard let exchange else { return true }  // an idle upstream: its EOF must be seen
+        // A held or paced response keeps parts in the queue: reads stop until it drains.
+        return exchange.responseQueue.isEmpty && (clientHandler?.isWritable ?? false)
+    }
+
+    func upstreamReadComplete(_ generation: Int) {
+        guard generation == self.generation else { return }
+        clientHandler?.flush()
+    }
+
+    func upstreamBecameWritable(_ generation: Int) {
+        guard generation == self.generation else { return }
+        pumpRequest()
+        clientHandler?.resumeReading()
+    }
+
+    func responsePart(_ part: HTTPClientResponsePart, generation: Int) {
+        guard generation == self.generation, let exchange, exchange.headSent, !exchange.responseEndReceived else {
+            // An answer nobody asked for: this upstream connection cannot be trusted.
+            if generation == self.generation { closeUpstream() }
+            return
+        }
+        switch part {
+        case .head(let head):
+            if head.status.code < 200 {
+                // 100 Continue and other interim answers go straight through.
+                if head.status == .switchingProtocols {
+                    closeUpstream()
+                    fail(exchange, 502, "faultline: the upstream switched protocols, which http listeners do not proxy\n")
+                    return
+                }
+                clientHandler?.write(.head(head))
+                clientHandler?.flush()
+                return
+            }
+            exchange.responseHeadReceived = true
+            exchange.responseTimer?.cancel()
+            exchange.responseTimer = nil
+            exchange.status = Int(head.status.code)
+            exchange.upstreamKeepAlive = head.isKeepAlive
+            if case .delayResponse(let nanoseconds) = exchange.fault {
+                exchange.responseHeld = true
+                exchange.timer = eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(nanoseconds)) { [self] in
+                    exchange.timer = nil
+                    exchange.responseHeld = false
+                    pumpResponse()
+                }
+            }
+            sendToClient(.head(head), exchange)
+        case .body(let buffer):
+            tracker.bytesDownstream &+= Int64(buffer.readableBytes)
+            sendToClient(.body(.byteBuffer(buffer)), exchange)
+        case .end(let trailers):
+            exchange.responseEndReceived = true
+            sendToClient(.end(trailers), exchange)
+        }
+    }
+
+    private func sendToClient(_ part: HTTPServerResponsePart, _ exchange: HTTPExchange) {
+        if exchange.responseQueue.isEmpty, !exchange.shapesResponse, let client = clientHandler, client.isWritable {
+            switch part {
+            case .head:
+                exchange.responseHeadSent = true
+                client.write(part)
+            case .body(let data):
+                exchange.bodySent += data.readableBytes
+                client.write(part)
+            case .end(let trailers):
+                responseComplete(exchange, trailers: trailers)
+            }
+            return
+        }
+        exchange.responseQueue.append(part)
+        pumpResponse()
+    }
+
+    /// Moves queued response parts to the client as far as the fault and the client allow.
+    private func pumpResponse() {
+        guard let exchange, !exchange.responseHeld, exchange.timer == nil, let client = clientHandler else { return }
+        var wrote = false
+        defer { if wrote { client.flush() } }
+        while let part = exchange.responseQueue.first {
+            guard client.isWritable else { return }
+            switch part {
+            case .head:
+                exchange.responseQueue.removeFirst()
+                exchange.responseHeadSent = true
+                client.write(part)
+                wrote = true
+            case .body(.byteBuffer(var buffer)):
+                switch exchange.fault {
+                case .truncate(let limit), .reset(afterBodyBytes: .some(let limit)):
+                    let allowed = max(0, limit - exchange.bodySent)
+                    if buffer.readableBytes > allowed {
+                        // The body stops here: a FIN (truncate) or an RST (reset).
+                        if allowed > 0 { client.write(.body(.byteBuffer(buffer.readSlice(length: allowed)!))) }
+                        exchange.bodySent += allowed
+                        wrote = false
+                        cutResponse(exchange, reset: { if case .reset = exchange.fault { true } else { false } }())
+                        return
+                    }
+                case .throttle(let rate):
+                    let now = NIODeadline.now()
+                    if exchange.nextWriteAt > now {
+                        armResponseTimer(exchange, at: exchange.nextWriteAt)
+                        return
+                    }
+                    // Writes of at most 1/20 s worth, as the TCP bandwidth fault does.
+                    let length = min(buffer.readableBytes, max(1, min(65536, rate / 20)))
+                    exchange.nextWriteAt = max(now, exchange.nextWriteAt)
+                        + .nanoseconds(Int64(Double(length) / Double(rate) * 1e9))
+                    if length < buffer.readableBytes {
+                        let piece = buffer.readSlice(length: length)!
+                        exchange.responseQueue[exchange.responseQueue.startIndex] = .body(.byteBuffer(buffer))
+                        exchange.bodySent += length
+                        client.write(.body(.byteBuffer(piece)))
+                        wrote = true
+                        continue
+                    }
+                default:
+                    break
+                }
+                exchange.responseQueue.removeFirst()
+                exchange.bodySent += buffer.readableBytes
+                client.write(part)
+                wrote = true
+            case .body:
+                exchange.responseQueue.removeFirst()
+                client.write(part)
+                wrote = true
+            case .end(let trailers):
+                exchange.responseQueue.removeFirst()
+                wrote = false
+                responseComplete(exchange, trailers: trailers)
+                return
+            }
+        }
+        upstreamHandler?.resumeReading()
+    }
+
+    private func armResponseTimer(_ exchange: HTTPExchange, at deadline: NIODeadline) {
+        exchange.timer = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            exchange.timer = nil
+            pumpResponse()
+        }
+    }
+
+    /// The body was cut by a fault: the client sees the connection end mid-body.
+    private func cutResponse(_ exchange: HTTPExchange, reset: Bool) {
+        closeUpstream()
+        endExchange(exchange, counted: true)
+        guard let clientChannel else { return }
+        if reset {
+            clientHandler?.flush()
+            ProxyConnection.reset(clientChannel)
+        } else {
+            clientHandler?.flush()
+            clientChannel.close(mode: .all, promise: nil)
+        }
+    }
+
+    private func responseComplete(_ exchange: HTTPExchange, trailers: HTTPHeaders?) {
+        let close = !exchange.clientKeepAlive || !exchange.upstreamKeepAlive || closeAfterResponse
+        if !exchange.upstreamKeepAlive || !exchange.requestSent {
+            // The upstream closes, or it answered before the whole request reached it: either
+            // way the next request needs a fresh connection.
+            closeUpstream()
+        }
+        endExchange(exchange, counted: true)
+        clientHandler?.writeEnd(trailers, thenClose: close)
+        if !close { clientHandler?.resumeReading() }
+    }
+
+    func upstreamError(_ error: any Error, generation: Int) {
+        guard generation == self.generation else { return }
+        if let ioError = error as? IOError, ioError.errnoCode == ECONNRESET || ioError.errnoCode == EPIPE {
+            upstreamResetSeen = true
+        } else if error is HTTPParserError {
+            metrics.upstreamErrors[.badResponse]!.increment()
+            let channel = upstreamChannel
+            forgetUpstream()
+            channel?.close(promise: nil)
+            if let exchange { fail(exchange, 502, "faultline: the upstream sent a malformed response\n") }
+            return
+        }
+        upstreamChannel?.close(promise: nil)
+    }
+
+    func upstreamBecameInactive(_ generation: Int) {
+        guard generation == self.generation else { return }
+        let reset = upstreamResetSeen
+        forgetUpstream()
+        guard let exchange, !exchange.responseEndReceived else { return }
+        if !exchange.headSent {
+            // Nothing of this request reached the old connection: dial again.
+            ensureUpstream()
+            return
+        }
+        metrics.upstreamErrors[reset ? .reset : .closed]!.increment()
+        fail(exchange, 502, reset
+            ? "faultline: the upstream reset the connection before answering\n"
+            : "faultline: the upstream closed the connection before answering\n")
+    }
+
+    private func forgetUpstream() {
+        generation += 1
+        upstreamChannel = nil
+        upstreamHandler = nil
+        upstreamReady = false
+        upstreamConnecting = false
+    }
+
+    private func closeUpstream() {
+        let channel = upstreamChannel
+        forgetUpstream()
+        channel?.close(promise: nil)
+    }
+
+    // MARK: Answers of Faultline's own
+
+    /// An answer made by Faultline (abort, 400 for a bad fault header, 501): keep-alive unless
+    /// the request said otherwise.
+    private func answer(_ exchange: HTTPExchange, status: Int, headers: [HTTPAbort.HeaderField], body: String) {
+        var responseHeaders = HTTPHeaders(headers.map { ($0.name, $0.value) })
+        responseHeaders.replaceOrAdd(name: "Content-Length", value: "\(body.utf8.count)")
+        exchange.status = status
+        exchange.upstreamKeepAlive = true
+        exchange.requestSent = true  // nothing went upstream, so the upstream connection stays usable
+        exchange.responseHeadSent = true
+        clientHandler?.write(.head(HTTPResponseHead(version: .http1_1, status: .init(statusCode: status), headers: responseHeaders)))
+        if !exchange.isHead, !body.isEmpty {
+            clientHandler?.write(.body(.byteBuffer(ByteBuffer(string: body))))
+        }
+        responseComplete(exchange, trailers: nil)
+    }
+
+    /// The upstream failed this request (502, 504): answered if no response has started, the
+    /// connection closed either way (the request body may be half read).
+    private func fail(_ exchange: HTTPExchange, _ status: Int, _ body: String) {
+        guard self.exchange === exchange else { return }
+        exchange.cancelTimers()
+        exchange.responseQueue.removeAll()
+        guard !exchange.responseHeadSent else {
+            endExchange(exchange, counted: true)
+            closeAll()
+            return
+        }
+        exchange.status = status
+        exchange.responseHeadSent = true
+        let headers = HTTPHeaders([
+            ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "\(body.utf8.count)"), ("Connection", "close"),
+        ])
+        clientHandler?.write(.head(HTTPResponseHead(version: .http1_1, status: .init(statusCode: status), headers: headers)))
+        if !exchange.isHead { clientHandler?.write(.body(.byteBuffer(ByteBuffer(string: body)))) }
+        endExchange(exchange, counted: true)
+        clientHandler?.writeEnd(nil, thenClose: true)
+    }
+
+    /// A request that cannot be parsed or took too long: answered as plain bytes past the
+    /// HTTP codec, then the connection closes.
+    private func reject(_ status: Int, _ reason: String, _ message: String) {
+        tracker.requestsByClass[3] &+= 1
+        guard let context = headWatch?.context else {
+            closeAll()
+            return
+        }
+        let body = "faultline: \(message)\n"
+        let text = "HTTP/1.1 \(status) \(reason)\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            + "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(ByteBuffer(string: text))).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    // MARK: Ending
+
+    /// The exchange is over: counted by status class and duration if it was answered.
+    private func endExchange(_ exchange: HTTPExchange, counted: Bool) {
+        guard !exchange.complete else { return }
+        exchange.complete = true
+        exchange.cancelTimers()
+        tracker.requestsInFlight -= 1
+        if counted, exchange.status >= 100 {
+            tracker.requestsByClass[min(4, exchange.status / 100 - 1)] &+= 1
+            metrics.duration.recordNanoseconds((NIODeadline.now() - exchange.startedAt).nanoseconds)
+        }
+        if self.exchange === exchange { self.exchange = nil }
+    }
+
+    func closeAll() {
+        clientChannel?.close(promise: nil)
+        closeUpstream()
+    }
+
+    func rulesChanged(_ configuration: ListenerConfiguration) {
+        // The next request follows the new rules; the one in flight keeps its decision.
+        faultConfiguration = configuration
+    }
+
+    func idleSweep() {
+        if sawActivity {
+            sawActivity = false
+            quietSweeps = 0
+            return
+        }
+        quietSweeps += 1
+        if quietSweeps >= 4 {
+            logger.debug("idle timeout; closing", metadata: ["conn.id": "\(id)"])
+            closeAll()
+        }
+    }
+
+    var bufferedBytes: Int {
+        func buffered(_ channel: Channel?) -> Int {
+            guard let options = channel?.syncOptions else { return 0 }
+            return (try? options.getOption(.bufferedWritableBytes)) ?? 0
+        }
+        var queued = 0
+        if let exchange {
+            for case .body(let data) in exchange.responseQueue { queued += data.readableBytes }
+            for case .body(let data) in exchange.requestQueue { queued += data.readableBytes }
+        }
+        return buffered(clientChannel) + buffered(upstreamChannel) + queued
+    }
+
+    private func finish() {
+        guard !finished else { return }
+        finished = true
+        tracker.remove(self)
+        listener.metrics.duration.recordNanoseconds((NIODeadline.now() - acceptedAt).nanoseconds)
+        // Break the handler <-> connection cycles.
+        clientHandler = nil
+        headWatch = nil
+        clientChannel = nil
+    }
+}

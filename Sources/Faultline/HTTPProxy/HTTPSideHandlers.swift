@@ -1,0 +1,196 @@
+import NIOCore
+import NIOHTTP1
+
+/// First in the client pipeline, before the HTTP decoder: it tells the connection that bytes
+/// arrived (the head timeout starts with a request's first byte), and it is where Faultline's
+/// own error replies (400, 408, 431) are written as plain bytes, past the HTTP codec whose
+/// state an unparseable request has already broken.
+final class HTTPHeadWatch: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private let connection: HTTPProxyConnection
+    private(set) var context: ChannelHandlerContext?
+
+    init(connection: HTTPProxyConnection) {
+        self.connection = connection
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        connection.clientBytesArrived()
+        context.fireChannelRead(data)
+    }
+}
+
+/// Last in the client pipeline (after NIO's HTTP server codec and pipelining handler): request
+/// parts in, response parts out, and the read gate for back-pressure, as in the TCP proxy.
+final class HTTPClientSideHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let connection: HTTPProxyConnection
+    private(set) var context: ChannelHandlerContext?
+    private var readHeld = false
+
+    init(connection: HTTPProxyConnection) {
+        self.connection = connection
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        connection.clientBecameActive()
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        connection.clientBecameInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        connection.requestPart(unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        connection.clientReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { connection.clientBecameWritable() }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            connection.clientInputClosed()
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        connection.clientError(error)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if connection.mayReadClient() {
+            context.read()
+        } else {
+            readHeld = true
+        }
+    }
+
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    func resumeReading() {
+        guard readHeld, let context else { return }
+        readHeld = false
+        context.read()
+    }
+
+    func write(_ part: HTTPServerResponsePart) {
+        context?.write(wrapOutboundOut(part), promise: nil)
+    }
+
+    func flush() {
+        context?.flush()
+    }
+
+    /// Writes the end of a response and flushes; with `thenClose`, closes the connection once
+    /// everything before it is written.
+    func writeEnd(_ trailers: HTTPHeaders?, thenClose: Bool) {
+        guard let context else { return }
+        guard thenClose else {
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            return
+        }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(trailers))).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+}
+
+/// Last in an upstream pipeline (after NIO's HTTP client codec). `generation` tells a current
+/// upstream connection from one the connection has already given up.
+final class HTTPUpstreamSideHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private let connection: HTTPProxyConnection
+    let generation: Int
+    private(set) var context: ChannelHandlerContext?
+    private var readHeld = false
+
+    init(connection: HTTPProxyConnection, generation: Int) {
+        self.connection = connection
+        self.generation = generation
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        connection.upstreamBecameInactive(generation)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        connection.responsePart(unwrapInboundIn(data), generation: generation)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        connection.upstreamReadComplete(generation)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { connection.upstreamBecameWritable(generation) }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        connection.upstreamError(error, generation: generation)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if connection.mayReadUpstream(generation) {
+            context.read()
+        } else {
+            readHeld = true
+        }
+    }
+
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    func resumeReading() {
+        guard readHeld, let context else { return }
+        readHeld = false
+        context.read()
+    }
+
+    func write(_ part: HTTPClientRequestPart) {
+        context?.write(wrapOutboundOut(part), promise: nil)
+    }
+
+    func flush() {
+        context?.flush()
+    }
+}

@@ -1,0 +1,152 @@
+/// Settings of an `http` listener (the `http:` block).
+public struct HTTPSettings: Sendable, Hashable {
+    public static let defaultResponseTimeout: Duration = .seconds(60)
+    public static let defaultHeadTimeout: Duration = .seconds(10)
+    public static let defaultMaxHeadBytes = 32 * 1024
+    /// The HTTP parser's own ceiling on a request head; `max_head_size` cannot go above it.
+    public static let parserMaxHeadBytes = 80 * 1024
+
+    /// From the request's end to the response head: past it the client gets `504`.
+    public var responseTimeout: Duration = HTTPSettings.defaultResponseTimeout
+    /// From a request's first byte to the end of its head: past it the client gets `408`.
+    public var headTimeout: Duration = HTTPSettings.defaultHeadTimeout
+    /// Request line and headers together; a larger head gets `431`.
+    public var maxHeadBytes: Int = HTTPSettings.defaultMaxHeadBytes
+    /// Faults asked for by request headers (`x-faultline-delay`, `x-faultline-abort`).
+    public var headerFaults = HeaderFaults()
+
+    public init() {}
+}
+
+/// Header-triggered faults: off unless a listener opts in, then optionally only for some clients.
+public struct HeaderFaults: Sendable, Hashable {
+    public var enabled = false
+    /// Only requests from these blocks may trigger faults by header; empty means every client.
+    public var clients: [CIDR] = []
+
+    public init(enabled: Bool = false, clients: [CIDR] = []) {
+        self.enabled = enabled
+        self.clients = clients
+    }
+
+    public static let delayHeader = "x-faultline-delay"
+    public static let abortHeader = "x-faultline-abort"
+}
+
+/// The response an `abort` fault answers with.
+public struct HTTPAbort: Sendable, Hashable {
+    public var status: Int
+    /// In the order written; `Content-Length` is set by Faultline.
+    public var headers: [HeaderField]
+    public var body: String
+
+    public struct HeaderField: Sendable, Hashable {
+        public var name: String
+        public var value: String
+
+        public init(name: String, value: String) {
+            self.name = name
+            self.value = value
+        }
+    }
+
+    public init(status: Int, headers: [HeaderField] = [], body: String = "") {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// Which requests a fault of an `http` listener applies to. Every given part must hold.
+public struct RequestMatch: Sendable, Hashable {
+    /// Upper case; empty means any method.
+    public var methods: [String]
+    public var path: PathMatch?
+    public var headers: [HeaderMatch]
+
+    public init(methods: [String] = [], path: PathMatch? = nil, headers: [HeaderMatch] = []) {
+        self.methods = methods
+        self.path = path
+        self.headers = headers
+    }
+
+    public var isEmpty: Bool { methods.isEmpty && path == nil && headers.isEmpty }
+
+    /// `header(name)` gives the first value of a header (name in lower case), nil if absent.
+    public func matches(method: String, path requestPath: Substring, header: (String) -> String?) -> Bool {
+        if !methods.isEmpty, !methods.contains(method) { return false }
+        if let path, !path.matches(requestPath) { return false }
+        for test in headers where !test.matches(header(test.name)) { return false }
+        return true
+    }
+}
+
+public enum PathMatch: Sendable, Hashable {
+    case exact(String)
+    case prefix(String)
+    /// `*` is any run of characters (`/` included), `?` one character.
+    case glob(String)
+
+    public func matches(_ path: Substring) -> Bool {
+        switch self {
+        case .exact(let exact): path == exact
+        case .prefix(let prefix): path.hasPrefix(prefix)
+        case .glob(let pattern): Glob.matches(pattern: Array(pattern.utf8), text: Array(path.utf8))
+        }
+    }
+}
+
+public struct HeaderMatch: Sendable, Hashable {
+    public enum Test: Sendable, Hashable {
+        case present
+        case equals(String)
+        /// `*` and `?` as for paths.
+        case glob(String)
+    }
+
+    /// Lower case (header names are case-insensitive).
+    public var name: String
+    public var test: Test
+
+    public init(name: String, test: Test) {
+        self.name = name.lowercased()
+        self.test = test
+    }
+
+    func matches(_ value: String?) -> Bool {
+        guard let value else { return false }
+        switch test {
+        case .present: return true
+        case .equals(let expected): return value == expected
+        case .glob(let pattern): return Glob.matches(pattern: Array(pattern.utf8), text: Array(value.utf8))
+        }
+    }
+}
+
+/// Shell-style wildcard matching on bytes, linear in time (no backtracking blow-up).
+enum Glob {
+    static func matches(pattern: [UInt8], text: [UInt8]) -> Bool {
+        var p = 0
+        var t = 0
+        var starP = -1
+        var starT = 0
+        while t < text.count {
+            if p < pattern.count, pattern[p] == UInt8(ascii: "?") || pattern[p] == text[t] {
+                p += 1
+                t += 1
+            } else if p < pattern.count, pattern[p] == UInt8(ascii: "*") {
+                starP = p
+                starT = t
+                p += 1
+            } else if starP >= 0 {
+                p = starP + 1
+                starT += 1
+                t = starT
+            } else {
+                return false
+            }
+        }
+        while p < pattern.count, pattern[p] == UInt8(ascii: "*") { p += 1 }
+        return p == pattern.count
+    }
+}
