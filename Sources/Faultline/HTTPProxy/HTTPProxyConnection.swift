@@ -98,6 +98,7 @@ final class HTTPProxyConnection: TrackedConnection {
     /// The client half-closed or an answer said `Connection: close`: close after this response.
     private var closeAfterResponse = false
     private var finished = false
+    private var rejected = false
 
     private let acceptedAt = NIODeadline.now()
     private var sawActivity = false
@@ -696,6 +697,9 @@ final class HTTPProxyConnection: TrackedConnection {
     /// A request that cannot be parsed or took too long: answered as plain bytes past the
     /// HTTP codec, then the connection closes.
     private func reject(_ status: Int, _ reason: String, _ message: String) {
+        // The decoder may report the same broken request more than once: answer it once.
+        guard !rejected else { return }
+        rejected = true
         tracker.requestsByClass[3] &+= 1
         guard let context = headWatch?.context else {
             closeAll()

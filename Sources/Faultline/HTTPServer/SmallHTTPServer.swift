@@ -113,6 +113,10 @@ public final class SmallHTTPServer: Sendable {
                     head = requestHead
                     body.clear()
                     tooLarge = false
+                    // A client that asks before sending its body gets the go-ahead.
+                    if requestHead.headers.first(name: "expect")?.lowercased() == "100-continue" {
+                        try await outbound.write(.head(HTTPResponseHead(version: .http1_1, status: .continue)))
+                    }
                 case .body(var chunk):
                     if body.readableBytes + chunk.readableBytes > maxBodyBytes {
                         tooLarge = true

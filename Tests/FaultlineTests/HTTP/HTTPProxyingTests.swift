@@ -1,0 +1,284 @@
+import Faultline
+import FaultlineRules
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+
+/// HTTP/1.1 through an `http` listener with curl as the client and the demo service (or a
+/// misbehaving server) as the upstream.
+@Suite struct HTTPProxyingTests {
+    @Test func keepAliveIsReusedAcrossTwoURLs() async throws {
+        try await withHTTPProxy { daemon, port, _ in
+            let result = try await Curl.run([
+                "-v", "http://127.0.0.1:\(port)/", "http://127.0.0.1:\(port)/bytes/5",
+            ])
+            #expect(result.status == 0)
+            #expect(result.text == "hello from the Faultline demo service\nxxxxx")
+            #expect(result.log.contains("Re-using existing connection"))
+            #expect(await daemon.metric(#"faultline_http_requests_total{listener="test",code="2xx"}"#) == 2)
+            #expect(await daemon.metric(#"faultline_connections_accepted_total{listener="test"}"#) == 1)
+        }
+    }
+
+    @Test func chunkedAndFixedLengthUploadsComeBackByteExact() async throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("fl-upload-\(UUID().uuidString)").path
+        let bytes = (0..<900_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ ($0 >> 9)) }
+        FileManager.default.createFile(atPath: file, contents: Data(bytes))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        try await withHTTPProxy { _, port, _ in
+            let chunked = try await Curl.run([
+                "-X", "PUT", "-H", "Transfer-Encoding: chunked", "--data-binary", "@\(file)", "http://127.0.0.1:\(port)/echo",
+            ])
+            #expect(chunked.status == 0)
+            #expect(chunked.body == bytes)
+            let fixed = try await Curl.run(["-X", "PUT", "--data-binary", "@\(file)", "http://127.0.0.1:\(port)/echo"])
+            #expect(fixed.body == bytes)
+        }
+    }
+
+    @Test func headAndExpectContinue() async throws {
+        try await withHTTPProxy { _, port, _ in
+            let head = try await Curl.run(["-I", "http://127.0.0.1:\(port)/bytes/1234"])
+            #expect(head.status == 0)
+            #expect(head.text.contains("Content-Length: 1234"))
+            #expect(head.text.hasSuffix("\r\n\r\n"))  // a head and nothing after it
+            // The upstream's 100 Continue reaches curl, which sends the body at once.
+            let upload = try await Curl.run([
+                "-v", "-X", "PUT", "-H", "Expect: 100-continue", "--data-binary", "hello", "http://127.0.0.1:\(port)/echo",
+            ])
+            #expect(upload.log.contains("HTTP/1.1 100 Continue"))
+            #expect(upload.text == "hello")
+        }
+    }
+
+    @Test func upstreamDownGives502() async throws {
+        try await withHTTPProxy(upstreamPort: try unusedPort()) { daemon, port, _ in
+            let result = try await Curl.run(["-i", "http://127.0.0.1:\(port)/"])
+            #expect(result.text.hasPrefix("HTTP/1.1 502 Bad Gateway"))
+            #expect(result.text.contains("faultline: cannot connect to the upstream 127.0.0.1:"))
+            #expect(result.text.contains("(refused)"))
+            #expect(await daemon.metric(#"faultline_http_upstream_errors_total{listener="test",kind="connect_refused"}"#) == 1)
+            #expect(await daemon.metric(#"faultline_http_requests_total{listener="test",code="5xx"}"#) == 1)
+        }
+    }
+
+    @Test func upstreamResetBeforeAnsweringGives502() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let resetting = try await TestServer.start(group: group) { ResetOnReadHandler() }
+        try await withHTTPProxy(upstreamPort: resetting.port) { daemon, port, _ in
+            let result = try await Curl.run(["-i", "http://127.0.0.1:\(port)/"])
+            #expect(result.text.hasPrefix("HTTP/1.1 502 Bad Gateway"))
+            #expect(result.text.contains("reset the connection before answering"))
+            #expect(await daemon.metric(#"faultline_http_upstream_errors_total{listener="test",kind="reset"}"#) == 1)
+        }
+        await resetting.stop()
+        try await group.shutdownGracefully()
+    }
+
+    @Test func silentUpstreamGives504AfterTheResponseTimeout() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let silent = try await TestServer.start(group: group) { SilentHandler() }
+        try await withHTTPProxy(upstreamPort: silent.port, configure: { $0.http.responseTimeout = .milliseconds(300) }) {
+            daemon, port, _ in
+            let start = ContinuousClock.now
+            let result = try await Curl.run(["-i", "http://127.0.0.1:\(port)/"])
+            #expect(ContinuousClock.now - start >= .milliseconds(300))
+            #expect(result.text.hasPrefix("HTTP/1.1 504 Gateway Timeout"))
+            #expect(result.text.contains("did not answer within 300ms"))
+            #expect(await daemon.metric(#"faultline_http_upstream_errors_total{listener="test",kind="response_timeout"}"#) == 1)
+        }
+        await silent.stop()
+        try await group.shutdownGracefully()
+    }
+
+    @Test func pipelinedRequestsAreAnsweredInOrder() async throws {
+        try await withHTTPProxy { _, port, _ in
+            let raw = "GET /bytes/3 HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"
+                + "GET /bytes/2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            let answer = try await RawHTTP.exchange(port: port, raw)
+            #expect(answer.components(separatedBy: "HTTP/1.1 200 OK").count == 4)
+            #expect(answer.contains("xxx") && answer.contains("hello from") && answer.hasSuffix("xx"))
+            #expect(answer.range(of: "xxx")!.lowerBound < answer.range(of: "hello from")!.lowerBound)
+        }
+    }
+
+    @Test func badRequestsGet400And431And408() async throws {
+        try await withHTTPProxy(configure: {
+            $0.http.headTimeout = .milliseconds(300)
+            $0.http.maxHeadBytes = 1024
+        }) { daemon, port, _ in
+            let garbage = try await RawHTTP.exchange(port: port, "NOT HTTP AT ALL\r\n\r\n")
+            #expect(garbage.hasPrefix("HTTP/1.1 400 Bad Request"))
+            let big = try await RawHTTP.exchange(
+                port: port, "GET / HTTP/1.1\r\nHost: a\r\nX-Big: \(String(repeating: "a", count: 2000))\r\n\r\n")
+            #expect(big.hasPrefix("HTTP/1.1 431 Request Header Fields Too Large"))
+            let start = ContinuousClock.now
+            let slow = try await RawHTTP.exchange(port: port, "GET / HTTP/1.1\r\nHost: a\r\n")
+            #expect(slow.hasPrefix("HTTP/1.1 408 Request Timeout"))
+            #expect(ContinuousClock.now - start >= .milliseconds(300))
+            // Other clients never noticed.
+            let fine = try await Curl.run(["http://127.0.0.1:\(port)/bytes/4"])
+            #expect(fine.text == "xxxx")
+            let rejected = await daemon.metric(#"faultline_http_requests_total{listener="test",code="4xx"}"#)
+            #expect(rejected == 3)
+        }
+    }
+
+    @Test func upgradeIsRefusedPlainly() async throws {
+        try await withHTTPProxy { _, port, _ in
+            let result = try await Curl.run([
+                "-i", "-H", "Connection: Upgrade", "-H", "Upgrade: websocket", "http://127.0.0.1:\(port)/",
+            ])
+            #expect(result.text.hasPrefix("HTTP/1.1 501 Not Implemented"))
+        }
+    }
+
+    /// A 256 MiB response to a client that does not read: the proxy holds a bounded amount,
+    /// then everything arrives byte-exact once the client reads.
+    @Test func slowReaderOfAHugeResponseKeepsProxyMemoryBounded() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let blocked = group.next().makePromise(of: Void.self)
+        let total = 256 << 20
+        let upstream = try await TestServer.start(group: group) { HTTPPushHandler(bodyBytes: total, blocked: blocked) }
+        try await withHTTPProxy(upstreamPort: upstream.port) { daemon, port, _ in
+            let loop = group.next()
+            let client = try await ClientBootstrap(group: loop)
+                .channelOption(.autoRead, value: false)
+                .channelOption(.socketOption(.so_rcvbuf), value: 65536)
+                .connect(host: "127.0.0.1", port: port).get()
+            try await client.writeAndFlush(ByteBuffer(string: "GET /big HTTP/1.1\r\nHost: a\r\n\r\n"))
+            try await blocked.futureResult.get()
+            let held = await daemon.proxy.listener(named: "test")!.bufferedBytes()
+            #expect(held <= 512 * 1024, "proxy holds \(held) bytes for a reader that reads nothing")
+            let done = loop.makePromise(of: Int.self)
+            try await loop.submit {
+                try client.pipeline.syncOperations.addHandler(HTTPBodyCheck(expected: total, done: done))
+                client.setOption(.autoRead, value: true).whenComplete { _ in client.read() }
+            }.get()
+            #expect(try await done.futureResult.get() == total)
+            try await client.close()
+        }
+        await upstream.stop()
+        try await group.shutdownGracefully()
+    }
+}
+
+/// Reads and ignores everything, never answers.
+final class SilentHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+}
+
+/// An HTTP upstream that answers any request with `bodyBytes` of the test pattern, written as
+/// fast as the connection takes them; `blocked` is fulfilled when the connection backs up.
+final class HTTPPushHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    let bodyBytes: Int
+    let blocked: EventLoopPromise<Void>?
+    private var sent = -1
+
+    init(bodyBytes: Int, blocked: EventLoopPromise<Void>?) {
+        self.bodyBytes = bodyBytes
+        self.blocked = blocked
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard sent < 0 else { return }
+        sent = 0
+        context.write(NIOAny(ByteBuffer(string: "HTTP/1.1 200 OK\r\nContent-Length: \(bodyBytes)\r\n\r\n")), promise: nil)
+        push(context: context)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        guard sent >= 0 else { return }
+        if context.channel.isWritable {
+            push(context: context)
+        } else {
+            blocked?.succeed(())
+        }
+    }
+
+    private func push(context: ChannelHandlerContext) {
+        while sent < bodyBytes, context.channel.isWritable {
+            let count = min(65536, bodyBytes - sent)
+            context.write(NIOAny(Pattern.chunk(from: sent, count: count)), promise: nil)
+            sent += count
+            context.flush()
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
+
+/// Skips the response head, then checks the body against the pattern and reports its length
+/// once `expected` bytes have arrived (or the connection ends).
+final class HTTPBodyCheck: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    let expected: Int
+    let done: EventLoopPromise<Int>
+    private var head: [UInt8] = []
+    private var inBody = false
+    private var received = 0
+    private var bad = false
+
+    init(expected: Int, done: EventLoopPromise<Int>) {
+        self.expected = expected
+        self.done = done
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        if !inBody {
+            while let byte = buffer.readInteger(as: UInt8.self) {
+                head.append(byte)
+                if head.count >= 4, head.suffix(4) == [13, 10, 13, 10] {
+                    inBody = true
+                    break
+                }
+            }
+        }
+        guard inBody, buffer.readableBytes > 0 else { return }
+        if Pattern.firstMismatch(in: buffer, at: received) != nil { bad = true }
+        received += buffer.readableBytes
+        if received >= expected { done.succeed(bad ? -1 : received) }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        done.succeed(bad ? -1 : received)
+    }
+}
+
+/// One raw exchange: sends `text`, returns everything until the server closes (5 s bound).
+enum RawHTTP {
+    static func exchange(port: Int, _ text: String) async throws -> String {
+        try await offThePool {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var timeout = timeval(tv_sec: 5, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            guard connected == 0 else { throw IOError(errnoCode: errno, reason: "connect") }
+            let bytes = Array(text.utf8)
+            _ = send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL))
+            var received: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let count = recv(fd, &chunk, chunk.count, 0)
+                if count <= 0 { break }
+                received += chunk[0..<count]
+            }
+            return String(decoding: received, as: UTF8.self)
+        }
+    }
+}
