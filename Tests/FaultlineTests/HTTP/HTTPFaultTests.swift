@@ -1,0 +1,202 @@
+import Faultline
+import FaultlineRules
+import Foundation
+import Testing
+
+/// Every per-request fault on the wire, with curl as the client.
+@Suite struct HTTPFaultTests {
+    func fault(_ name: String, _ action: FaultAction, match: RequestMatch = RequestMatch(), probability: Double = 1,
+               clients: [CIDR] = []) -> FaultRule {
+        FaultRule(name: name, listener: "test", probability: probability, clients: clients, match: match, action: action)
+    }
+
+    @Test func abortAnswersWithoutTheUpstream() async throws {
+        let abort = HTTPAbort(
+            status: 429, headers: [.init(name: "Retry-After", value: "7"), .init(name: "Content-Type", value: "application/json")],
+            body: #"{"error":"slow down"}"#)
+        try await withHTTPProxy(faults: [fault("busy", .abort(abort))]) { daemon, port, _ in
+            let result = try await Curl.run(["-i", "http://127.0.0.1:\(port)/"])
+            #expect(result.text.hasPrefix("HTTP/1.1 429 Too Many Requests\r\n"))
+            #expect(result.text.contains("Retry-After: 7\r\n"))
+            #expect(result.text.contains("Content-Length: 21\r\n"))
+            #expect(result.text.hasSuffix("\r\n\r\n" + #"{"error":"slow down"}"#))
+            #expect(await daemon.injections("busy") == 1)
+            #expect(await daemon.metric(#"faultline_http_requests_total{listener="test",code="4xx"}"#) == 1)
+        }
+    }
+
+    @Test func requestAndResponseDelays() async throws {
+        let onRequest = fault(
+            "slow-request", .latency(LatencyFault(delay: .milliseconds(200), point: .request)), match: RequestMatch(path: .exact("/")))
+        let onResponse = fault(
+            "slow-response", .latency(LatencyFault(delay: .milliseconds(200), point: .response)),
+            match: RequestMatch(path: .prefix("/bytes/")))
+        try await withHTTPProxy(faults: [onRequest, onResponse]) { daemon, port, _ in
+            for path in ["/", "/bytes/10"] {
+                let start = ContinuousClock.now
+                let result = try await Curl.run(["http://127.0.0.1:\(port)\(path)"])
+                let took = ContinuousClock.now - start
+                #expect(result.status == 0)
+                #expect(took >= .milliseconds(200) && took < .seconds(3), "\(path) took \(took)")
+            }
+            let start = ContinuousClock.now
+            _ = try await Curl.run(["http://127.0.0.1:\(port)/status/204"])
+            #expect(ContinuousClock.now - start < .milliseconds(200))
+            #expect(await daemon.injections("slow-request") == 1)
+            #expect(await daemon.injections("slow-response") == 1)
+        }
+    }
+
+    @Test func resetInsteadOfAnswering() async throws {
+        try await withHTTPProxy(faults: [fault("rst", .reset(after: .zero, afterBytes: nil))]) { _, port, _ in
+            let result = try await Curl.run(["http://127.0.0.1:\(port)/"])
+            #expect(result.status == 56, "curl: \(result.log)")  // "Recv failure: Connection reset by peer"
+            #expect(result.body.isEmpty)
+        }
+    }
+
+    @Test func resetPartWayThroughTheBody() async throws {
+        try await withHTTPProxy(faults: [fault("rst", .reset(after: .zero, afterBytes: 1000))]) { _, port, _ in
+            let result = try await Curl.run(["http://127.0.0.1:\(port)/bytes/100000"])
+            #expect(result.status == 56 || result.status == 18, "curl: \(result.log)")
+            #expect(result.body.count <= 1000)
+        }
+    }
+
+    @Test func truncatedBody() async throws {
+        try await withHTTPProxy(faults: [fault("short", .limit(bytes: 1000))]) { _, port, _ in
+            let result = try await Curl.run(["http://127.0.0.1:\(port)/bytes/100000"])
+            #expect(result.status == 18, "curl: \(result.log)")  // "transfer closed with outstanding read data"
+            #expect(result.body.count == 1000)
+            // A body shorter than the limit is not touched.
+            let small = try await Curl.run(["http://127.0.0.1:\(port)/bytes/10"])
+            #expect(small.status == 0 && small.body.count == 10)
+        }
+    }
+
+    @Test func blackholeNeverAnswers() async throws {
+        try await withHTTPProxy(faults: [fault("void", .blackhole(closeAfter: nil))]) { _, port, _ in
+            let start = ContinuousClock.now
+            let result = try await Curl.run(["http://127.0.0.1:\(port)/"], maxTime: 1)
+            #expect(result.status == 28)  // curl's own timeout
+            #expect(result.body.isEmpty)
+            #expect(ContinuousClock.now - start >= .seconds(1))
+        }
+    }
+
+    @Test func throttledBody() async throws {
+        try await withHTTPProxy(faults: [fault("thin", .bandwidth(bytesPerSecond: 1 << 20))]) { _, port, _ in
+            let start = ContinuousClock.now
+            let result = try await Curl.run(["http://127.0.0.1:\(port)/bytes/2097152"])
+            let took = ContinuousClock.now - start
+            #expect(result.body.count == 2 << 20)
+            #expect(took >= .milliseconds(1500) && took < .seconds(6), "2 MiB at 1 MiB/s took \(took)")
+        }
+    }
+
+    @Test func matchingByEachField() async throws {
+        let teapot = HTTPAbort(status: 418)
+        let faults = [
+            fault("by-method", .abort(HTTPAbort(status: 501)), match: RequestMatch(methods: ["DELETE"])),
+            fault("by-exact", .abort(HTTPAbort(status: 502)), match: RequestMatch(path: .exact("/status/200"))),
+            fault("by-glob", .abort(HTTPAbort(status: 503)), match: RequestMatch(path: .glob("/bytes/*0"))),
+            fault("by-header", .abort(HTTPAbort(status: 504)),
+                  match: RequestMatch(headers: [HeaderMatch(name: "x-test", test: .equals("yes"))])),
+            fault("by-header-glob", .abort(HTTPAbort(status: 505)),
+                  match: RequestMatch(headers: [HeaderMatch(name: "authorization", test: .glob("Bearer test-*"))])),
+            fault("by-presence", .abort(HTTPAbort(status: 506)),
+                  match: RequestMatch(headers: [HeaderMatch(name: "x-chaos", test: .present)])),
+            fault("other-clients", .abort(teapot), clients: [CIDR("10.0.0.0/8")!]),
+            fault("never", .abort(teapot), probability: 0),
+            fault("by-prefix", .abort(HTTPAbort(status: 507)), match: RequestMatch(path: .prefix("/status/"))),
+            fault("shadowed", .abort(teapot), match: RequestMatch(path: .prefix("/status/"))),
+        ]
+        try await withHTTPProxy(faults: faults) { daemon, port, _ in
+            func status(_ arguments: [String]) async -> String {
+                (try? await Curl.run(["-o", "/dev/null", "-w", "%{http_code}"] + arguments).text) ?? "curl failed"
+            }
+            let url = "http://127.0.0.1:\(port)"
+            #expect(await status(["-X", "DELETE", "\(url)/"]) == "501")
+            #expect(await status(["\(url)/status/200"]) == "502")
+            #expect(await status(["\(url)/bytes/10"]) == "503")
+            #expect(await status(["\(url)/bytes/11"]) == "200")
+            #expect(await status(["-H", "x-test: yes", "\(url)/"]) == "504")
+            #expect(await status(["-H", "x-test: no", "\(url)/"]) == "200")
+            #expect(await status(["-H", "Authorization: Bearer test-42", "\(url)/"]) == "505")
+            #expect(await status(["-H", "Authorization: Bearer prod-42", "\(url)/"]) == "200")
+            #expect(await status(["-H", "x-chaos;", "\(url)/"]) == "506")
+            // First match wins: "by-prefix" comes before "shadowed", which never fires.
+            #expect(await status(["\(url)/status/201"]) == "507")
+            #expect(await daemon.injections("shadowed") == 0)
+            #expect(await daemon.injections("never") == 0)
+            #expect(await daemon.injections("other-clients") == 0)
+        }
+    }
+
+    @Test func probabilityOneAlwaysAndAFailedDrawFallsThrough() async throws {
+        let faults = [
+            fault("half", .abort(HTTPAbort(status: 503)), probability: 0.5),
+            fault("rest", .abort(HTTPAbort(status: 500))),
+        ]
+        try await withHTTPProxy(faults: faults) { daemon, port, _ in
+            var seen: [String: Int] = [:]
+            for _ in 0..<40 {
+                let code = try await Curl.run(["-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/"]).text
+                seen[code, default: 0] += 1
+            }
+            // Every request gets one of the two; with p = 0.5 over 40 draws both show up.
+            #expect(seen.keys.sorted() == ["500", "503"])
+            #expect(await daemon.injections("half") + daemon.injections("rest") == 40)
+        }
+    }
+
+    @Test func headerTriggeredFaultsOnlyWhenTheListenerOptsIn() async throws {
+        try await withHTTPProxy { _, port, _ in
+            let ignored = try await Curl.run(["-o", "/dev/null", "-w", "%{http_code}", "-H", "x-faultline-abort: 503",
+                                              "http://127.0.0.1:\(port)/"])
+            #expect(ignored.text == "200")
+        }
+        try await withHTTPProxy(configure: { $0.http.headerFaults = HeaderFaults(enabled: true) }) { daemon, port, _ in
+            let url = "http://127.0.0.1:\(port)/"
+            let aborted = try await Curl.run(["-i", "-H", "x-faultline-abort: 503", url])
+            #expect(aborted.text.hasPrefix("HTTP/1.1 503 Service Unavailable"))
+            let start = ContinuousClock.now
+            let delayed = try await Curl.run(["-H", "x-faultline-delay: 200ms", url])
+            #expect(delayed.text == "hello from the Faultline demo service\n")
+            #expect(ContinuousClock.now - start >= .milliseconds(200))
+            let bad = try await Curl.run(["-i", "-H", "x-faultline-delay: soon", url])
+            #expect(bad.text.hasPrefix("HTTP/1.1 400 Bad Request"))
+            #expect(bad.text.contains(#"x-faultline-delay: "soon" is not a duration"#))
+            #expect(await daemon.metric(#"faultline_faults_injected_total{listener="test",fault="header",kind="abort"}"#) == 1)
+        }
+        // Limited to other clients: the header is ignored for 127.0.0.1.
+        try await withHTTPProxy(configure: {
+            $0.http.headerFaults = HeaderFaults(enabled: true, clients: [CIDR("10.0.0.0/8")!])
+        }) { _, port, _ in
+            let ignored = try await Curl.run(["-o", "/dev/null", "-w", "%{http_code}", "-H", "x-faultline-abort: 503",
+                                              "http://127.0.0.1:\(port)/"])
+            #expect(ignored.text == "200")
+        }
+    }
+
+    @Test func ruleSwitchedOnReachesTheNextRequestOfAnOpenConnection() async throws {
+        try await withHTTPProxy { daemon, port, _ in
+            let rule = daemon.proxy.listener(named: "test")!.rule
+            // One curl, two requests on one connection; the rule arrives between them (the
+            // first request is held 300 ms by a header delay so that there is time).
+            try await daemon.proxy.updateFaults(RuleSet(listeners: [rule], faults: [
+                fault("first-slow", .latency(LatencyFault(delay: .milliseconds(300))), match: RequestMatch(path: .exact("/"))),
+            ]))
+            async let both = Curl.run(["-v", "-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_code} ",
+                                       "http://127.0.0.1:\(port)/", "http://127.0.0.1:\(port)/bytes/1"])
+            try await Task.sleep(for: .milliseconds(100))
+            try await daemon.proxy.updateFaults(RuleSet(listeners: [rule], faults: [
+                fault("first-slow", .latency(LatencyFault(delay: .milliseconds(300))), match: RequestMatch(path: .exact("/"))),
+                fault("now-down", .abort(HTTPAbort(status: 503)), match: RequestMatch(path: .prefix("/bytes/"))),
+            ]))
+            let result = try await both
+            #expect(result.text == "200 503 ")
+            #expect(result.log.contains("Re-using existing connection"))
+        }
+    }
+}
