@@ -200,7 +200,7 @@ final class LineClient: Sendable {
         try await offThePool { try self.closedBlocking() }
     }
 
-    private func closedBlocking() throws {
+    func closedBlocking() throws {
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
             let count = recv(fd, &chunk, chunk.count, 0)

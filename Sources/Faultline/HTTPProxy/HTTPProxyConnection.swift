@@ -185,8 +185,11 @@ final class HTTPProxyConnection: TrackedConnection {
     }
 
     func clientInputClosed() {
-        // A client that half-closes after its request still gets the answer.
+        // A client that half-closes after its request still gets the answer, unless no
+        // answer will ever come (a blackhole): then the connection is over.
         if exchange == nil {
+            clientChannel?.close(promise: nil)
+        } else if case .blackhole = exchange?.fault {
             clientChannel?.close(promise: nil)
         } else {
             closeAfterResponse = true

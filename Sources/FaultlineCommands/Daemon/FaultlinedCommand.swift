@@ -30,6 +30,9 @@ public struct FaultlinedCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Upstream for the one-off listener.")
     var upstream: HostPort?
 
+    @Option(name: .long, help: "What the one-off listener speaks: tcp or http.")
+    var `protocol`: ListenerProtocol = .tcp
+
     @Option(name: .long, help: "Where /metrics is served.")
     var metrics: HostPort = DaemonOptions.defaultMetricsAddress
 
@@ -76,7 +79,9 @@ public struct FaultlinedCommand: AsyncParsableCommand {
 
         let ruleSet: RuleSet
         if let listen, let upstream {
-            ruleSet = RuleSet(listeners: [ListenerRule(name: "default", listen: listen, upstream: upstream)])
+            ruleSet = RuleSet(listeners: [
+                ListenerRule(name: "default", listen: listen, upstream: upstream, protocol: `protocol`)
+            ])
         } else {
             switch RuleLoader.load(directory: rules) {
             case .success(let loaded):

@@ -2,6 +2,8 @@ import ArgumentParser
 import FaultlineRules
 import Logging
 
+extension ListenerProtocol: ExpressibleByArgument {}
+
 extension HostPort: ExpressibleByArgument {
     public init?(argument: String) {
         guard case .success(let value) = HostPort.parse(argument, allowPortZero: true) else { return nil }

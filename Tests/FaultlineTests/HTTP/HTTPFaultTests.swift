@@ -75,12 +75,29 @@ import Testing
     }
 
     @Test func blackholeNeverAnswers() async throws {
-        try await withHTTPProxy(faults: [fault("void", .blackhole(closeAfter: nil))]) { _, port, _ in
+        try await withHTTPProxy(faults: [fault("void", .blackhole(closeAfter: nil))]) { daemon, port, _ in
             let start = ContinuousClock.now
-            let result = try await Curl.run(["http://127.0.0.1:\(port)/"], maxTime: 1)
+            async let hanging = Curl.run(["http://127.0.0.1:\(port)/"], maxTime: 1)
+            // The request is in flight while it hangs (polled, at most 1 s).
+            let inFlight = #"faultline_http_requests_in_flight{listener="test"}"#
+            var seen = await daemon.metric(inFlight)
+            while seen != 1, ContinuousClock.now - start < .seconds(1) {
+                try await Task.sleep(for: .milliseconds(20))
+                seen = await daemon.metric(inFlight)
+            }
+            #expect(seen == 1)
+            let result = try await hanging
             #expect(result.status == 28)  // curl's own timeout
             #expect(result.body.isEmpty)
             #expect(ContinuousClock.now - start >= .seconds(1))
+            // The client gave up: nothing in flight, and no status was ever sent.
+            var after = await daemon.metric(inFlight)
+            while after != 0, ContinuousClock.now - start < .seconds(3) {
+                try await Task.sleep(for: .milliseconds(20))
+                after = await daemon.metric(inFlight)
+            }
+            #expect(after == 0)
+            #expect(await daemon.metric(#"faultline_http_request_duration_seconds_count{listener="test"}"#) == 0)
         }
     }
 
