@@ -40,6 +40,10 @@ final class HTTPExchange {
     var timer: Scheduled<Void>?
     var responseTimer: Scheduled<Void>?
     var complete = false
+    /// The request asked for `Upgrade` (WebSocket); after the upstream's `101` the connection
+    /// becomes a byte tunnel.
+    var upgradeRequested = false
+    var upgrading = false
 
     init(isHead: Bool, clientKeepAlive: Bool) {
         self.isHead = isHead
@@ -230,6 +234,7 @@ final class HTTPProxyConnection: TrackedConnection {
 
     func mayReadClient() -> Bool {
         guard let exchange else { return true }
+        if exchange.upgrading { return false }  // the tunnel reads next
         if exchange.dropRequest { return true }  // read and dropped: memory stays flat
         return exchange.requestQueue.isEmpty && !exchange.requestHeld && upstreamReady
             && (upstreamHandler?.isWritable ?? false)
@@ -253,10 +258,7 @@ final class HTTPProxyConnection: TrackedConnection {
             reply(exchange, 431, "request line longer than \(settings.maxHeadBytes) bytes\n")
             return
         }
-        if head.headers.contains(name: "upgrade") {
-            reply(exchange, 501, "faultline: Upgrade (WebSocket) is not proxied by http listeners; use a tcp listener\n")
-            return
-        }
+        exchange.upgradeRequested = head.headers.contains(name: "upgrade")
         var head = head
         if !faultConfiguration.faults.isEmpty || settings.headerFaults.enabled {
             decideFault(&head, exchange)
@@ -394,7 +396,9 @@ final class HTTPProxyConnection: TrackedConnection {
                 channel.eventLoop.makeCompletedFuture {
                     let connection = loopBoundSelf.value
                     let handler = HTTPUpstreamSideHandler(connection: connection, generation: generation)
-                    let decoder = HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)
+                    let decoder = HTTPResponseDecoder(
+                        // Bytes after a 101 belong to the tunnel that takes over.
+                        leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)
                     try channel.pipeline.syncOperations.addHandlers([
                         HTTPRequestEncoder(), ByteToMessageHandler(decoder), handler,
                     ])
@@ -440,6 +444,7 @@ final class HTTPProxyConnection: TrackedConnection {
     func mayReadUpstream(_ generation: Int) -> Bool {
         guard generation == self.generation else { return true }
         guard let exchange else { return true }  // an idle upstream: its EOF must be seen
+        if exchange.upgrading { return false }  // the tunnel reads next
         // A held or paced response keeps parts in the queue: reads stop until it drains.
         return exchange.responseQueue.isEmpty && (clientHandler?.isWritable ?? false)
     }
@@ -461,13 +466,27 @@ final class HTTPProxyConnection: TrackedConnection {
             if generation == self.generation { closeUpstream() }
             return
         }
+        // The 101's own end: the 101 has been passed on already and the hand-over is queued.
+        if exchange.upgrading { return }
         switch part {
         case .head(let head):
             if head.status.code < 200 {
                 // 100 Continue and other interim answers go straight through.
                 if head.status == .switchingProtocols {
-                    closeUpstream()
-                    fail(exchange, 502, "faultline: the upstream switched protocols, which http listeners do not proxy\n")
+                    guard exchange.upgradeRequested, exchange.requestSent else {
+                        closeUpstream()
+                        fail(exchange, 502, "faultline: the upstream switched protocols without being asked\n")
+                        return
+                    }
+                    exchange.upgrading = true
+                    exchange.responseTimer?.cancel()
+                    exchange.responseTimer = nil
+                    exchange.status = 101
+                    clientHandler?.write(.head(head))
+                    clientHandler?.write(.end(nil))
+                    clientHandler?.flush()
+                    // After this callback returns: the handlers being removed are on the stack now.
+                    eventLoop.assumeIsolated().execute { [self] in handOverToTunnel(exchange) }
                     return
                 }
                 clientHandler?.write(.head(head))
@@ -610,6 +629,54 @@ final class HTTPProxyConnection: TrackedConnection {
         endExchange(exchange, counted: true)
         clientHandler?.writeEnd(trailers, thenClose: close)
         if !close { clientHandler?.resumeReading() }
+    }
+
+    /// After a `101`: both channels drop their HTTP handlers and a byte-forwarding
+    /// `ProxyConnection` takes them over, as a TCP listener would forward them.
+    private func handOverToTunnel(_ exchange: HTTPExchange) {
+        guard self.exchange === exchange, let client = clientChannel, let upstream = upstreamChannel,
+            client.isActive, upstream.isActive
+        else {
+            closeAll()
+            return
+        }
+        endExchange(exchange, counted: true)
+        let tunnel = ProxyConnection(
+            id: id, clientChannel: client, listener: listener.withoutFaults(), tracker: tracker, logger: logger)
+        do {
+            // The tunnel's handlers go in first, so that bytes the HTTP decoders still hold
+            // (a frame the service sent right after its 101) are forwarded, not lost.
+            try tunnel.adoptTunnel(client: client, upstream: upstream)
+            let clientPipeline = client.pipeline.syncOperations
+            if let handler = clientHandler { _ = clientPipeline.removeHandler(handler) }
+            _ = clientPipeline.removeHandler(try clientPipeline.handler(type: HTTPServerPipelineHandler.self))
+            _ = clientPipeline.removeHandler(try clientPipeline.handler(type: HTTPResponseEncoder.self))
+            _ = clientPipeline.removeHandler(try clientPipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self))
+            if let headWatch { _ = clientPipeline.removeHandler(headWatch) }
+            let upstreamPipeline = upstream.pipeline.syncOperations
+            if let handler = upstreamHandler { _ = upstreamPipeline.removeHandler(handler) }
+            // The decoder hands what it still holds to the tunnel when its removal completes,
+            // with no read-complete after it: flush then.
+            upstreamPipeline.removeHandler(try upstreamPipeline.handler(type: ByteToMessageHandler<HTTPResponseDecoder>.self))
+                .assumeIsolated().whenComplete { _ in client.flush() }
+            _ = upstreamPipeline.removeHandler(try upstreamPipeline.handler(type: HTTPRequestEncoder.self))
+        } catch {
+            logger.warning("WebSocket hand-over failed; closing", metadata: ["conn.id": "\(id)", "error": "\(error)"])
+            client.close(promise: nil)
+            upstream.close(promise: nil)
+            return
+        }
+        // This connection is over; the tunnel owns both channels from here.
+        finished = true
+        tracker.remove(self)
+        generation += 1
+        clientHandler = nil
+        headWatch = nil
+        upstreamHandler = nil
+        clientChannel = nil
+        upstreamChannel = nil
+        client.read()
+        upstream.read()
     }
 
     func upstreamError(_ error: any Error, generation: Int) {

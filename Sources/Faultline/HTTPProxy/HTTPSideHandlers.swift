@@ -5,7 +5,7 @@ import NIOHTTP1
 /// arrived (the head timeout starts with a request's first byte), and it is where Faultline's
 /// own error replies (400, 408, 431) are written as plain bytes, past the HTTP codec whose
 /// state an unparseable request has already broken.
-final class HTTPHeadWatch: ChannelInboundHandler {
+final class HTTPHeadWatch: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
 
@@ -32,7 +32,7 @@ final class HTTPHeadWatch: ChannelInboundHandler {
 
 /// Last in the client pipeline (after NIO's HTTP server codec and pipelining handler): request
 /// parts in, response parts out, and the read gate for back-pressure, as in the TCP proxy.
-final class HTTPClientSideHandler: ChannelDuplexHandler {
+final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
@@ -127,7 +127,7 @@ final class HTTPClientSideHandler: ChannelDuplexHandler {
 
 /// Last in an upstream pipeline (after NIO's HTTP client codec). `generation` tells a current
 /// upstream connection from one the connection has already given up.
-final class HTTPUpstreamSideHandler: ChannelDuplexHandler {
+final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = HTTPClientRequestPart

@@ -49,9 +49,11 @@ final class ConnectionTracker: @unchecked Sendable {
         return nextID
     }
 
-    func add(_ connection: some TrackedConnection) {
+    /// `isNew` is false for a connection that continues one already counted (a WebSocket
+    /// tunnel taking over from its HTTP connection).
+    func add(_ connection: some TrackedConnection, isNew: Bool = true) {
         connections[ObjectIdentifier(connection)] = connection
-        accepted &+= 1
+        if isNew { accepted &+= 1 }
     }
 
     func remove(_ connection: some TrackedConnection) {

@@ -17,7 +17,7 @@ struct ListenerConfiguration: Sendable {
     let upstream: Upstream
     let metrics: ListenerMetrics
     /// The fault rules for this listener, in file order.
-    let faults: [FaultRule]
+    private(set) var faults: [FaultRule]
     /// `faultline_faults_injected_total` for each of them, made once.
     private let injectionCounters: [String: Counter]
     /// `http` listeners: the request metrics, and the injection counters of header-triggered
@@ -50,6 +50,14 @@ struct ListenerConfiguration: Sendable {
         } else {
             upstream = .name(rule.upstream.host, rule.upstream.port)
         }
+    }
+
+    /// The same listener with no fault rules: what a WebSocket tunnel of an http listener
+    /// runs on (its faults are per request, and the tunnel has no requests).
+    func withoutFaults() -> ListenerConfiguration {
+        var copy = self
+        copy.faults = []
+        return copy
     }
 
     func injections(_ fault: FaultRule) -> Counter {

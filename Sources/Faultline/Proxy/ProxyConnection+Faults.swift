@@ -59,7 +59,7 @@ extension ProxyConnection {
     /// The rules changed: byte faults follow the new rules at once; decisions about the
     /// connection as a whole (refuse, latency on connect, each rule's draw) stay as made.
     func rulesChanged(_ configuration: ListenerConfiguration) {
-        guard !finished else { return }
+        guard !finished, !isTunnel else { return }
         faultConfiguration = configuration
         applyFaults(atAccept: false)
         pump(.upstream)

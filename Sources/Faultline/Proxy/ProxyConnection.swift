@@ -81,6 +81,27 @@ final class ProxyConnection: TrackedConnection {
         self.faultConfiguration = listener
     }
 
+    /// A WebSocket (or other `Upgrade`) connection handed over by an http listener after the
+    /// upstream's `101`: bytes both ways, no faults.
+    private(set) var isTunnel = false
+
+    /// Takes over two connected channels whose HTTP handlers are being removed: installs the
+    /// byte-forwarding handlers, and reading resumes on both.
+    func adoptTunnel(client: Channel, upstream: Channel) throws {
+        isTunnel = true
+        clientActive = true
+        upstreamActive = true
+        state = .open
+        upstreamChannel = upstream
+        let clientSide = ProxySideHandler(side: .client, connection: self)
+        let upstreamSide = ProxySideHandler(side: .upstream, connection: self)
+        clientHandler = clientSide
+        upstreamHandler = upstreamSide
+        tracker.add(self, isNew: false)
+        try client.pipeline.syncOperations.addHandler(clientSide)
+        try upstream.pipeline.syncOperations.addHandler(upstreamSide)
+    }
+
     /// Installs the client-side handler; called from the accepted channel's initializer.
     func attachClient(to channel: Channel) throws {
         let handler = ProxySideHandler(side: .client, connection: self)

@@ -125,13 +125,40 @@ import Testing
         }
     }
 
-    @Test func upgradeIsRefusedPlainly() async throws {
-        try await withHTTPProxy { _, port, _ in
-            let result = try await Curl.run([
-                "-i", "-H", "Connection: Upgrade", "-H", "Upgrade: websocket", "http://127.0.0.1:\(port)/",
-            ])
-            #expect(result.text.hasPrefix("HTTP/1.1 501 Not Implemented"))
+    /// After the upstream's 101 the connection is a byte tunnel both ways, and what the
+    /// upstream sent right behind its 101 is not lost.
+    @Test func webSocketUpgradeBecomesATunnel() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let upstream = try await TestServer.start(group: group) { UpgradeEchoHandler() }
+        try await withHTTPProxy(upstreamPort: upstream.port) { daemon, port, _ in
+            let conversation = try await offThePool { () -> [String] in
+                let client = try LineClient.connectBlocking(port: port)
+                defer { close(client.fd) }
+                let request = Array("GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n".utf8)
+                _ = send(client.fd, request, request.count, Int32(MSG_NOSIGNAL))
+                // The 101 head, then the greeting the service sent right behind it.
+                var received: [UInt8] = []
+                var chunk = [UInt8](repeating: 0, count: 4096)
+                while !received.ends(with: Array("hello from the tunnel\n".utf8)) {
+                    let count = recv(client.fd, &chunk, chunk.count, 0)
+                    guard count > 0 else { throw IOError(errnoCode: errno, reason: "recv") }
+                    received += chunk[0..<count]
+                }
+                let greeting = String(decoding: received.dropLast(), as: UTF8.self)
+                let echoed = try client.exchangeBlocking("ping 1")
+                let again = try client.exchangeBlocking("ping 2")
+                return [greeting, echoed, again]
+            }
+            #expect(conversation.count == 3)
+            #expect(conversation[0].hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"))
+            #expect(conversation[0].hasSuffix("\r\n\r\nhello from the tunnel"))
+            #expect(conversation[1] == "ping 1")
+            #expect(conversation[2] == "ping 2")
+            #expect(await daemon.metric(#"faultline_http_requests_total{listener="test",code="1xx"}"#) == 1)
+            #expect(await daemon.metric(#"faultline_connections_accepted_total{listener="test"}"#) == 1)
         }
+        await upstream.stop()
+        try await group.shutdownGracefully()
     }
 
     /// A 256 MiB response to a client that does not read: the proxy holds a bounded amount,
@@ -161,6 +188,30 @@ import Testing
         }
         await upstream.stop()
         try await group.shutdownGracefully()
+    }
+}
+
+extension Array where Element == UInt8 {
+    func ends(with suffix: [UInt8]) -> Bool { count >= suffix.count && Array(self[(count - suffix.count)...]) == suffix }
+}
+
+/// Answers an HTTP request with 101 and a greeting line in the same write, then echoes bytes.
+final class UpgradeEchoHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    private var head: [UInt8] = []
+    private var upgraded = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        if upgraded {
+            context.writeAndFlush(NIOAny(buffer), promise: nil)
+            return
+        }
+        head += buffer.readBytes(length: buffer.readableBytes) ?? []
+        guard head.count >= 4, head.suffix(4) == Array("\r\n\r\n".utf8) else { return }
+        upgraded = true
+        let answer = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nhello from the tunnel\n"
+        context.writeAndFlush(NIOAny(ByteBuffer(string: answer)), promise: nil)
     }
 }
 

@@ -21,7 +21,12 @@ func withHTTPProxy<T>(
     logger.logLevel = .critical
     let demo = try await Daemon.start(rules: RuleSet(), options: demoOptions, logger: logger)
     let serving = Task { await demo.demoServer!.run() }
-    defer { serving.cancel() }
+    // The demo server stops serving before its loops go away.
+    func stopDemo() async {
+        await demo.demoServer!.close()
+        await serving.value
+        await demo.shutdown()
+    }
     let listener = TestDaemon.listener(upstreamPort: upstreamPort ?? demo.demoServer!.localAddress.port!) { rule in
         rule.protocol = .http
         configure(&rule)
@@ -30,12 +35,12 @@ func withHTTPProxy<T>(
     do {
         let result = try await body(daemon, daemon.port(), group)
         await daemon.shutdown()
-        await demo.shutdown()
+        await stopDemo()
         try await group.shutdownGracefully()
         return result
     } catch {
         await daemon.shutdown()
-        await demo.shutdown()
+        await stopDemo()
         try? await group.shutdownGracefully()
         throw error
     }
