@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 import UnixSignals
 
 /// How the daemon runs, apart from the rules.
@@ -20,6 +21,10 @@ public struct DaemonOptions: Sendable {
     /// Seed of the fault decisions' random source; nil for a random one. With a seed, the same
     /// connections in the same order on one loop get the same draws and delays.
     public var seed: UInt64?
+    /// The control socket (HTTP/1.1 + JSON on a UNIX socket); nil for none.
+    public var controlSocket: String?
+    /// The socket file's mode: 0600 (owner only) unless a group is given access (0660).
+    public var controlSocketMode: mode_t = 0o600
     /// The rule folder the rules came from: watched and reloaded on change and on SIGHUP.
     /// nil for the one-off form (SIGHUP then reloads nothing).
     public var rulesDirectory: String?
@@ -37,6 +42,8 @@ public final class Daemon: Sendable {
     public let demoServer: SmallHTTPServer?
     public let reloader: RuleReloader
     private let logger: Logger
+    private let control = Mutex<(server: SmallHTTPServer, path: String)?>(nil)
+    public let startedAt = ContinuousClock.now
 
     private init(group: MultiThreadedEventLoopGroup, metrics: FaultlineMetrics, proxy: ProxyService,
                  reloader: RuleReloader, metricsServer: SmallHTTPServer?, demoServer: SmallHTTPServer?, logger: Logger) {
@@ -82,8 +89,39 @@ public final class Daemon: Sendable {
             directory: options.rulesDirectory, initial: rules, proxy: proxy, metrics: metrics, hangups: hangups,
             logger: logger)
         reloader.startWatching()
-        return Daemon(group: group, metrics: metrics, proxy: proxy, reloader: reloader, metricsServer: metricsServer,
-                      demoServer: demo, logger: logger)
+        let daemon = Daemon(group: group, metrics: metrics, proxy: proxy, reloader: reloader, metricsServer: metricsServer,
+                            demoServer: demo, logger: logger)
+        if let path = options.controlSocket {
+            do {
+                try await daemon.bindControlSocket(path: path, mode: options.controlSocketMode)
+            } catch {
+                await daemon.shutdown()
+                throw error
+            }
+        }
+        return daemon
+    }
+
+    /// The control socket's server, once bound.
+    public var controlServer: SmallHTTPServer? { control.withLock { $0?.server } }
+
+    private func bindControlSocket(path: String, mode: mode_t) async throws {
+        try ControlSocketFile.prepare(path)
+        let api = ControlAPI(daemon: self, startedAt: startedAt)
+        // Created with the final mode: no moment in which others could connect.
+        let previous = umask(0o777 & ~mode)
+        defer { umask(previous) }
+        let server: SmallHTTPServer
+        do {
+            server = try await SmallHTTPServer.bind(
+                to: try SocketAddress(unixDomainSocketPath: path), group: group, maxBodyBytes: ControlAPI.maxBodyBytes,
+                tooLarge: ControlAPI.tooLarge, handler: api.handler)
+        } catch {
+            throw DaemonStartError(description: "control socket cannot listen on \(path): \(ProxyListener.describe(error))")
+        }
+        chmod(path, mode)
+        control.withLock { $0 = (server, path) }
+        logger.info("control socket listening", metadata: ["path": "\(path)"])
     }
 
     private static func bindServer(
@@ -105,6 +143,7 @@ public final class Daemon: Sendable {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: ReadinessService(onReady: onReady))]
         if let metricsServer { services.append(.init(service: HTTPServerService(server: metricsServer))) }
         if let demoServer { services.append(.init(service: HTTPServerService(server: demoServer))) }
+        if let controlServer { services.append(.init(service: HTTPServerService(server: controlServer))) }
         services.append(.init(service: proxy))
         services.append(.init(service: reloader))
         let serviceGroup = ServiceGroup(
@@ -113,6 +152,7 @@ public final class Daemon: Sendable {
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await serviceGroup.run()
+        removeControlSocket()
         try await group.shutdownGracefully()
         logger.info("stopped")
     }
@@ -126,6 +166,8 @@ public final class Daemon: Sendable {
     /// Stops everything now (tests); open connections get `gracePeriod` to finish.
     public func shutdown(gracePeriod: Duration = .zero) async {
         reloader.stopWatching()
+        await controlServer?.close()
+        removeControlSocket()
         await proxy.drain(gracePeriod: gracePeriod)
         await demoServer?.close()
         await metricsServer?.close()
@@ -135,6 +177,12 @@ public final class Daemon: Sendable {
 
 public struct DaemonStartError: Error, CustomStringConvertible {
     public var description: String
+}
+
+extension Daemon {
+    fileprivate func removeControlSocket() {
+        if let path = control.withLock({ $0?.path }) { unlink(path) }
+    }
 }
 
 /// Announces readiness from inside the service group, where the signals are already trapped.

@@ -44,11 +44,17 @@ public final class SmallHTTPServer: Sendable {
     private let channel: Channel
     private let handler: Handler
     private let maxBodyBytes: Int
+    /// The answer to a request whose body is over `maxBodyBytes`.
+    private let tooLargeResponse: @Sendable (Int) -> SmallHTTPResponse
 
     /// The address actually bound.
     public let localAddress: SocketAddress
 
-    private init(serverChannel: NIOAsyncChannel<Connection, Never>, handler: @escaping Handler, maxBodyBytes: Int) {
+    private init(
+        serverChannel: NIOAsyncChannel<Connection, Never>, handler: @escaping Handler, maxBodyBytes: Int,
+        tooLarge: @escaping @Sendable (Int) -> SmallHTTPResponse
+    ) {
+        self.tooLargeResponse = tooLarge
         self.serverChannel = Mutex(serverChannel)
         self.channel = serverChannel.channel
         self.handler = handler
@@ -60,17 +66,24 @@ public final class SmallHTTPServer: Sendable {
         to address: SocketAddress,
         group: EventLoopGroup,
         maxBodyBytes: Int = 1 << 20,
+        tooLarge: @escaping @Sendable (Int) -> SmallHTTPResponse = SmallHTTPServer.tooLargeText,
         handler: @escaping Handler
     ) async throws -> SmallHTTPServer {
-        let channel = try await ServerBootstrap(group: group)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .bind(to: address) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    return try Connection(wrappingChannelSynchronously: channel)
-                }
+        var bootstrap = ServerBootstrap(group: group)
+        if address.protocol != .unix {
+            bootstrap = bootstrap.serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+        }
+        let channel = try await bootstrap.bind(to: address) { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                return try Connection(wrappingChannelSynchronously: channel)
             }
-        return SmallHTTPServer(serverChannel: channel, handler: handler, maxBodyBytes: maxBodyBytes)
+        }
+        return SmallHTTPServer(serverChannel: channel, handler: handler, maxBodyBytes: maxBodyBytes, tooLarge: tooLarge)
+    }
+
+    @Sendable public static func tooLargeText(_ limit: Int) -> SmallHTTPResponse {
+        .text("request body larger than \(limit) bytes\n", status: .payloadTooLarge)
     }
 
     /// Serves until `close()` is called or the task is cancelled; open connections are then
@@ -127,7 +140,7 @@ public final class SmallHTTPServer: Sendable {
                     guard let requestHead = head else { continue }
                     var response: SmallHTTPResponse
                     if tooLarge {
-                        response = .text("request body larger than \(maxBodyBytes) bytes\n", status: .payloadTooLarge)
+                        response = tooLargeResponse(maxBodyBytes)
                     } else {
                         let request = SmallHTTPRequest(
                             method: requestHead.method, uri: requestHead.uri, headers: requestHead.headers, body: body)

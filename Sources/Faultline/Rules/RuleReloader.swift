@@ -18,13 +18,14 @@ public struct ReloadOutcome: Sendable {
 /// validates it completely, and only then swaps it in; an invalid folder changes nothing and
 /// the last good rules stay in force. Reloads run one at a time, in order.
 public final class RuleReloader: Service, Sendable {
-    private let directory: String?
+    public let directory: String?
     private let proxy: ProxyService
     private let logger: Logger
     private let debounce: Duration
     private let hangups: UnixSignalsSequence
     private let current: Mutex<RuleSet>
     private let lastOutcome: Mutex<ReloadOutcome?>
+    private let overlayState = Mutex(RuntimeOverlay())
     private let watcher = Mutex<DirectoryWatcher?>(nil)
     private let requests: AsyncStream<Request>
     private let requestSink: AsyncStream<Request>.Continuation
@@ -39,6 +40,15 @@ public final class RuleReloader: Service, Sendable {
         var reply: (@Sendable (ReloadOutcome) -> Void)?
         /// For file changes: the change count when it was reported.
         var change: Int = 0
+        /// A change to the runtime overlay (control socket) instead of a reload.
+        var overlayChange: OverlayChange?
+    }
+
+    typealias OverlayMutation = @Sendable (inout RuntimeOverlay, RuleSet) throws(RuntimeOverlay.ChangeError) -> Void
+
+    struct OverlayChange: Sendable {
+        var mutate: OverlayMutation
+        var reply: @Sendable (Result<Void, RuntimeOverlay.ChangeError>) -> Void
     }
 
     /// File changes reported so far, and when the last one was (monotonic nanoseconds).
@@ -74,8 +84,25 @@ public final class RuleReloader: Service, Sendable {
         lastSuccess.set(Int64(1))
     }
 
-    /// The rules in force.
+    /// The rules of the files, as last loaded successfully.
     public var rules: RuleSet { current.withLock { $0 } }
+
+    /// What was changed at run time on top of the files.
+    public var overlay: RuntimeOverlay { overlayState.withLock { $0 } }
+
+    /// The rules in force: the files' with the runtime overlay applied.
+    public var effectiveRules: RuleSet { overlay.effective(rules) }
+
+    /// Changes the runtime overlay (in order with reloads) and applies the result.
+    public func changeOverlay(
+        _ mutate: @escaping @Sendable (inout RuntimeOverlay, RuleSet) throws(RuntimeOverlay.ChangeError) -> Void
+    ) async -> Result<Void, RuntimeOverlay.ChangeError> {
+        await withCheckedContinuation { continuation in
+            requestSink.yield(Request(
+                reason: "control", reply: nil,
+                overlayChange: OverlayChange(mutate: mutate) { continuation.resume(returning: $0) }))
+        }
+    }
 
     public var lastReload: ReloadOutcome? { lastOutcome.withLock { $0 } }
 
@@ -123,6 +150,19 @@ public final class RuleReloader: Service, Sendable {
             group.addTask {
                 await self.serveRequests()
             }
+            group.addTask { [requestSink] in
+                // Runtime overrides that carry an expiry revert by themselves.
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(100))
+                    if let next = self.overlay.nextExpiry, next <= Self.monotonicNanoseconds() {
+                        requestSink.yield(Request(
+                            reason: "expiry", reply: nil,
+                            overlayChange: OverlayChange(mutate: { overlay, _ in
+                                _ = overlay.expire(now: Self.monotonicNanoseconds())
+                            }, reply: { _ in })))
+                    }
+                }
+            }
             await group.next()
             group.cancelAll()
         }
@@ -132,6 +172,10 @@ public final class RuleReloader: Service, Sendable {
         var handledChange = 0
         for await request in requests {
             if Task.isCancelled || Task.isShuttingDownGracefully { return }
+            if let change = request.overlayChange {
+                change.reply(await applyOverlayChange(change.mutate))
+                continue
+            }
             if request.reply == nil, request.change > 0 {
                 // A change already covered by an earlier reload of this burst.
                 if request.change <= handledChange { continue }
@@ -157,7 +201,28 @@ public final class RuleReloader: Service, Sendable {
         }
     }
 
-    static func monotonicNanoseconds() -> Int64 {
+    private func applyOverlayChange(_ mutate: OverlayMutation) async -> Result<Void, RuntimeOverlay.ChangeError> {
+        let files = rules
+        var candidate = overlay
+        do {
+            try mutate(&candidate, files)
+        } catch {
+            return .failure(error)
+        }
+        guard candidate != overlay else { return .success(()) }
+        do {
+            try await proxy.updateFaults(candidate.effective(files))
+        } catch {
+            return .failure(.invalid(field: nil, message: "\(error)"))
+        }
+        overlayState.withLock { $0 = candidate }
+        logger.info("runtime faults changed", metadata: [
+            "overrides": "\(candidate.overrides.count)", "runtime.faults": "\(candidate.faults.count)",
+        ])
+        return .success(())
+    }
+
+    public static func monotonicNanoseconds() -> Int64 {
         var time = timespec()
         clock_gettime(CLOCK_MONOTONIC, &time)
         return Int64(time.tv_sec) * 1_000_000_000 + Int64(time.tv_nsec)
@@ -182,13 +247,20 @@ public final class RuleReloader: Service, Sendable {
                 logger.info("rules unchanged", metadata: ["reason": "\(reason)"])
                 return record(ReloadOutcome(succeeded: true, unchanged: true, errors: [], summary: loaded.summary))
             }
+            // Runtime changes survive the reload, except those that no longer fit the files.
+            var nextOverlay = overlay
+            let dropped = nextOverlay.reconcile(with: loaded)
             do {
-                try await proxy.apply(loaded)
+                try await proxy.apply(nextOverlay.effective(loaded))
             } catch {
                 logger.error("rules rejected; the last good rules stay in force", metadata: ["error": "\(error)"])
                 return record(ReloadOutcome(succeeded: false, unchanged: false, errors: ["\(error)"], summary: rules.summary))
             }
             current.withLock { $0 = loaded }
+            overlayState.withLock { $0 = nextOverlay }
+            if !dropped.isEmpty {
+                logger.warning("runtime changes dropped: they no longer fit the rule files", metadata: ["faults": "\(dropped)"])
+            }
             let elapsed = ContinuousClock.now - started
             logger.info(
                 "rules reloaded",

@@ -36,6 +36,17 @@ public struct FaultlinedCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Where /metrics is served.")
     var metrics: HostPort = DaemonOptions.defaultMetricsAddress
 
+    @Option(name: .long, help: ArgumentHelp(
+        "The control socket (faultctl, curl --unix-socket).",
+        discussion: "Default: $FAULTLINE_SOCKET, else $RUNTIME_DIRECTORY/control.sock, /run/faultline/control.sock as root, $XDG_RUNTIME_DIR/faultline/control.sock, or /tmp/faultline-UID/control.sock."))
+    var controlSocket: String?
+
+    @Option(name: .long, help: "Let this group use the control socket too (mode 0660 instead of 0600).")
+    var controlGroup: String?
+
+    @Flag(name: .long, help: "No control socket.")
+    var noControl = false
+
     @Flag(name: .long, help: "Serve no metrics endpoint.")
     var noMetrics = false
 
@@ -107,6 +118,9 @@ public struct FaultlinedCommand: AsyncParsableCommand {
             limitMallocArenas(to: options.eventLoops + 1)
         }
         options.metricsAddress = noMetrics ? nil : metrics
+        if !noControl {
+            options.controlSocket = ControlSocketPath.resolve(controlSocket)
+        }
         options.demoAddress = demo
         options.gracePeriod = grace.value
         options.seed = seed
@@ -118,6 +132,15 @@ public struct FaultlinedCommand: AsyncParsableCommand {
         } catch {
             printToStandardError("faultlined: \(error)")
             throw ExitCode(1)
+        }
+        if let controlGroup, let path = options.controlSocket {
+            guard let entry = getgrnam(controlGroup) else {
+                printToStandardError("faultlined: no group named \(controlGroup)")
+                await daemon.shutdown()
+                throw ExitCode(1)
+            }
+            chown(path, getuid(), entry.pointee.gr_gid)
+            chmod(path, 0o660)
         }
         let summary = ruleSet.summary
         try await daemon.run {

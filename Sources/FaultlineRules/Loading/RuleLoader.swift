@@ -1,3 +1,4 @@
+import Yams
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -198,5 +199,27 @@ public enum RuleLoader {
             return .failure(RuleError("file is not valid UTF-8", at: location))
         }
         return .success(text)
+    }
+}
+
+extension RuleLoader {
+    /// One fault rule from text (YAML, or JSON, which is YAML too): what the control socket
+    /// accepts for a runtime fault, read by the same parser as the files.
+    public static func parseFault(_ text: String, source: String) -> Result<FaultRule, RuleErrors> {
+        let node: Node?
+        do {
+            node = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            return .failure(RuleErrors([RuleFileParser.syntaxError(error, file: source)]))
+        } catch {
+            return .failure(RuleErrors([RuleError("cannot parse: \(error)", at: SourceLocation(file: source, line: 1, column: 1))]))
+        }
+        guard let node else {
+            return .failure(RuleErrors([RuleError("expected a fault rule, found nothing", at: SourceLocation(file: source, line: 1, column: 1))]))
+        }
+        var reader = NodeReader(file: source)
+        let fault = FaultRuleParser.parse(node, path: "", reader: &reader)
+        if let fault, reader.errors.isEmpty { return .success(fault) }
+        return .failure(RuleErrors(reader.errors))
     }
 }
