@@ -86,7 +86,7 @@ class Daemon:
             if faults_yaml:
                 f.write("faults:\n" + faults_yaml)
         self.process = subprocess.Popen(
-            [binary, "--rules", self.dir, "--no-metrics", "--log-level", "error", "--seed", "7"],
+            [binary, "--rules", self.dir, "--no-metrics", "--no-control", "--log-level", "error", "--seed", "7"],
             stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:

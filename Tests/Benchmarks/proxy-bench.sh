@@ -69,7 +69,7 @@ http {
 CONF
 "$nginx_bin" -c "$work/nginx.conf" -p "$work" &
 pids+=($!)
-"$faultlined" --listen 127.0.0.1:$proxy_port --upstream 127.0.0.1:$upstream_port --no-metrics --log-level error &
+"$faultlined" --listen 127.0.0.1:$proxy_port --upstream 127.0.0.1:$upstream_port --no-metrics --no-control --log-level error &
 pids+=($!)
 
 wait_for_port() {

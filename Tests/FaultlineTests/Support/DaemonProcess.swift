@@ -27,7 +27,8 @@ final class DaemonProcess: Sendable {
     init(_ arguments: [String], environment: [String: String] = [:]) throws {
         process = Process()
         process.executableURL = Self.binary
-        process.arguments = arguments
+        // Daemons of tests running side by side must not share the default control socket.
+        process.arguments = arguments.contains("--control-socket") ? arguments : arguments + ["--no-control"]
         if !environment.isEmpty {
             process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         }

@@ -1,0 +1,77 @@
+import ArgumentParser
+import Foundation
+
+/// `faultctl inject KIND --listener L [options] [--for D] [--name N]`: a runtime fault with the
+/// same schema and validation as a rule file's.
+struct InjectCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inject",
+        abstract: "Create a runtime fault (same schema and checks as the rule files).",
+        discussion: """
+            KIND is latency, bandwidth, slicer, reset, refuse, blackhole, limit, cut, slow_close or abort.
+            Examples:
+              faultctl inject latency --listener api --delay 200ms --jitter 50ms --for 60s
+              faultctl inject abort --listener web --status 503 --header 'Retry-After: 5' --path /checkout --for 2m
+            """)
+
+    @Argument(help: "What the fault does.") var kind: String
+    @Option(name: .long, help: "The listener it acts on.") var listener: String
+    @Option(name: .long, help: "Its name (default: KIND-LISTENER-<time>).") var name: String?
+    @Option(name: .customLong("for"), help: "Remove it after this long (60s, 5m); recommended for experiments.") var duration: String?
+    @Option(name: .long, help: "Chance it acts (0..1 or 30%).") var probability: String?
+    @Option(name: .long, help: "upstream, downstream or both (TCP).") var direction: String?
+    @Option(name: .long, help: "Only these clients (CIDR; repeat).") var client: [String] = []
+    @Option(name: .long, help: "latency: delay.") var delay: String?
+    @Option(name: .long, help: "latency: jitter.") var jitter: String?
+    @Option(name: .long, help: "latency: uniform, normal or pareto.") var distribution: String?
+    @Option(name: .long, help: "latency: connect, first_byte, chunk (TCP); request, response (HTTP).") var apply: String?
+    @Option(name: .long, help: "bandwidth: bytes per second (64KiB).") var rate: String?
+    @Option(name: .long, help: "slicer: slice size.") var size: String?
+    @Option(name: .long, help: "slicer: size variation.") var variation: String?
+    @Option(name: .long, help: "reset, cut: after this long.") var after: String?
+    @Option(name: .customLong("after-bytes"), help: "reset: after this many bytes.") var afterBytes: String?
+    @Option(name: .long, help: "limit: bytes that pass.") var bytes: String?
+    @Option(name: .customLong("close-after"), help: "blackhole: close after this long.") var closeAfter: String?
+    @Option(name: .long, help: "cut: reset or fin.") var mode: String?
+    @Option(name: .long, help: "abort: status.") var status: String?
+    @Option(name: .long, help: "abort: a header, 'Name: value' (repeat).") var header: [String] = []
+    @Option(name: .long, help: "abort: body.") var body: String?
+    @Option(name: .long, help: "HTTP: only this method (repeat).") var method: [String] = []
+    @Option(name: .long, help: "HTTP: only paths with this prefix.") var path: String?
+    @OptionGroup var control: ControlOptions
+
+    func run() async throws {
+        var settings: [String: Any] = [:]
+        let given: [(String, String?)] = [
+            ("delay", delay), ("jitter", jitter), ("distribution", distribution), ("apply", apply), ("rate", rate),
+            ("size", size), ("variation", variation), ("after", after), ("after_bytes", afterBytes), ("bytes", bytes),
+            ("close_after", closeAfter), ("mode", mode), ("status", status), ("body", body),
+        ]
+        for case (let key, let value?) in given { settings[key] = value }
+        if !header.isEmpty {
+            var headers: [String: String] = [:]
+            for line in header {
+                guard let colon = line.firstIndex(of: ":") else {
+                    throw ValidationError("--header: expected 'Name: value', found '\(line)'")
+                }
+                headers[String(line[..<colon]).trimmingCharacters(in: .whitespaces)] =
+                    String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)
+            }
+            settings["headers"] = headers
+        }
+        let faultName = name ?? "\(kind)-\(listener)-\(Int(Date().timeIntervalSince1970))"
+        var fault: [String: Any] = ["name": faultName, "listener": listener, kind: settings]
+        if let probability { fault["probability"] = probability }
+        if let direction { fault["direction"] = direction }
+        if !client.isEmpty { fault["clients"] = client }
+        var match: [String: Any] = [:]
+        if !method.isEmpty { match["method"] = method }
+        if let path { match["path"] = ["prefix": path] }
+        if !match.isEmpty { fault["match"] = match }
+        var request: [String: Any] = ["fault": fault]
+        if let duration { request["for"] = duration }
+        try await control.call(.POST, "/v1/faults", body: request) { _ in
+            "\(faultName) injected on \(listener)" + (duration.map { " for \($0)" } ?? " (until removed or reset)")
+        }
+    }
+}

@@ -1,0 +1,91 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+
+/// faultctl, the built binary, against faultlined, the built binary: every verb, exit codes,
+/// and `--json` printing exactly one object.
+@Suite(.serialized)
+struct FaultctlBinaryTests {
+    static func faultctl(_ arguments: [String], socket: String) async throws -> (status: Int32, output: String, error: String) {
+        try await offThePool {
+            let process = Process()
+            process.executableURL = DaemonProcess.binary.deletingLastPathComponent().appendingPathComponent("faultctl")
+            process.arguments = arguments
+            process.environment = ProcessInfo.processInfo.environment.merging(["FAULTLINE_SOCKET": socket]) { $1 }
+            let output = Pipe()
+            let errorFile = FileManager.default.temporaryDirectory.appendingPathComponent("faultctl-\(UUID().uuidString)").path
+            FileManager.default.createFile(atPath: errorFile, contents: nil)
+            defer { try? FileManager.default.removeItem(atPath: errorFile) }
+            process.standardOutput = output
+            process.standardError = FileHandle(forWritingAtPath: errorFile)
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+            let data = output.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return (process.terminationStatus, String(decoding: data, as: UTF8.self),
+                    (try? String(contentsOfFile: errorFile, encoding: .utf8)) ?? "")
+        }
+    }
+
+    @Test func everyVerbAgainstTheDaemon() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let echo = try await TestServer.start(group: group) { EchoHandler() }
+        let port = try unusedPort()
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("fl-faultctl-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try """
+            listeners:
+              - {name: api, listen: 127.0.0.1:\(port), upstream: 127.0.0.1:\(echo.port)}
+            faults:
+              - {name: slow, listener: api, enabled: false, latency: {delay: 100ms}}
+            """.write(toFile: folder + "/a.yaml", atomically: true, encoding: .utf8)
+        let socket = folder + "/control.sock"
+        let daemon = try DaemonProcess(["--rules", folder, "--no-metrics", "--control-socket", socket])
+        #expect(await daemon.waitForLog("started"))
+
+        let status = try await Self.faultctl(["status"], socket: socket)
+        #expect(status.status == 0)
+        #expect(status.output.contains("LISTENER") && status.output.contains("127.0.0.1:\(port)"))
+
+        let listed = try await Self.faultctl(["list", "--json"], socket: socket)
+        #expect(listed.status == 0)
+        let object = try JSONSerialization.jsonObject(with: Data(listed.output.utf8)) as? [String: Any]
+        #expect((object?["faults"] as? [[String: Any]])?.first?["name"] as? String == "slow")
+        #expect(listed.output.split(separator: "\n").count == 1)
+
+        #expect(try await Self.faultctl(["enable", "slow", "--for", "30s"], socket: socket).output == "slow enabled for 30s\n")
+        let slow = await RawClient.run(port: port, send: 3, halfClose: true)
+        #expect(slow.received == 3 && slow.elapsed >= .milliseconds(100))
+        #expect(try await Self.faultctl(["disable", "slow"], socket: socket).status == 0)
+        #expect(try await Self.faultctl(["disable", "nope"], socket: socket).status == 3)
+
+        let injected = try await Self.faultctl(
+            ["inject", "limit", "--listener", "api", "--bytes", "2", "--direction", "downstream", "--name", "short", "--for", "1m"],
+            socket: socket)
+        #expect(injected.status == 0, "\(injected.error)")
+        #expect(await RawClient.run(port: port, send: 10, halfClose: true).received == 2)
+        let invalid = try await Self.faultctl(["inject", "latency", "--listener", "api", "--delay", "soon"], socket: socket)
+        #expect(invalid.status == 4)
+        #expect(invalid.error.contains(#"latency.delay: "soon" is not a duration"#))
+        #expect(try await Self.faultctl(["remove", "short"], socket: socket).status == 0)
+        #expect(await RawClient.run(port: port, send: 10, halfClose: true).received == 10)
+
+        #expect(try await Self.faultctl(["reset"], socket: socket).status == 0)
+        #expect(try await Self.faultctl(["reload"], socket: socket).output.hasPrefix("reloaded: 1 file, 1 fault, 1 listener"))
+        #expect(try await Self.faultctl(["validate", folder], socket: socket).status == 0)
+        try "listeners: [{name: x}]".write(toFile: folder + "/bad.yaml", atomically: true, encoding: .utf8)
+        #expect(try await Self.faultctl(["validate", folder], socket: socket).status == 4)
+
+        let unreachable = try await Self.faultctl(["status"], socket: folder + "/none.sock")
+        #expect(unreachable.status == 5)
+        #expect(unreachable.error.contains("cannot reach faultlined"))
+
+        daemon.signal(SIGTERM)
+        #expect(await daemon.waitForExit() == 0)
+        #expect(!FileManager.default.fileExists(atPath: socket))
+        await echo.stop()
+        try await group.shutdownGracefully()
+        try? FileManager.default.removeItem(atPath: folder)
+    }
+}
