@@ -23,6 +23,9 @@ public struct DaemonOptions: Sendable {
     public var seed: UInt64?
     /// The control socket (HTTP/1.1 + JSON on a UNIX socket); nil for none.
     public var controlSocket: String?
+    /// The control API on a loopback TCP address too (for Chaos Toolkit's HTTP provider, which
+    /// cannot reach a UNIX socket); nil for none (the default).
+    public var controlAddress: HostPort?
     /// The socket file's mode: 0600 (owner only) unless a group is given access (0660).
     public var controlSocketMode: mode_t = 0o600
     /// The rule folder the rules came from: watched and reloaded on change and on SIGHUP.
@@ -43,6 +46,7 @@ public final class Daemon: Sendable {
     public let reloader: RuleReloader
     private let logger: Logger
     private let control = Mutex<(server: SmallHTTPServer, path: String)?>(nil)
+    private let controlTCP = Mutex<SmallHTTPServer?>(nil)
     public let startedAt = ContinuousClock.now
 
     private init(group: MultiThreadedEventLoopGroup, metrics: FaultlineMetrics, proxy: ProxyService,
@@ -91,9 +95,17 @@ public final class Daemon: Sendable {
         reloader.startWatching()
         let daemon = Daemon(group: group, metrics: metrics, proxy: proxy, reloader: reloader, metricsServer: metricsServer,
                             demoServer: demo, logger: logger)
-        if let path = options.controlSocket {
+        if options.controlSocket != nil || options.controlAddress != nil {
             do {
-                try await daemon.bindControlSocket(path: path, mode: options.controlSocketMode)
+                if let path = options.controlSocket {
+                    try await daemon.bindControlSocket(path: path, mode: options.controlSocketMode)
+                }
+                if let address = options.controlAddress {
+                    let api = ControlAPI(daemon: daemon, startedAt: daemon.startedAt)
+                    let server = try await bindServer("control API", address, group: group, handler: api.handler)
+                    daemon.controlTCP.withLock { $0 = server }
+                    logger.info("control API listening", metadata: ["address": "\(server.localAddress)"])
+                }
             } catch {
                 await daemon.shutdown()
                 throw error
@@ -104,6 +116,9 @@ public final class Daemon: Sendable {
 
     /// The control socket's server, once bound.
     public var controlServer: SmallHTTPServer? { control.withLock { $0?.server } }
+
+    /// The control API on TCP, if asked for.
+    public var controlTCPServer: SmallHTTPServer? { controlTCP.withLock { $0 } }
 
     private func bindControlSocket(path: String, mode: mode_t) async throws {
         try ControlSocketFile.prepare(path)
@@ -144,6 +159,7 @@ public final class Daemon: Sendable {
         if let metricsServer { services.append(.init(service: HTTPServerService(server: metricsServer))) }
         if let demoServer { services.append(.init(service: HTTPServerService(server: demoServer))) }
         if let controlServer { services.append(.init(service: HTTPServerService(server: controlServer))) }
+        if let controlTCPServer { services.append(.init(service: HTTPServerService(server: controlTCPServer))) }
         services.append(.init(service: proxy))
         services.append(.init(service: reloader))
         let serviceGroup = ServiceGroup(
@@ -167,6 +183,7 @@ public final class Daemon: Sendable {
     public func shutdown(gracePeriod: Duration = .zero) async {
         reloader.stopWatching()
         await controlServer?.close()
+        await controlTCPServer?.close()
         removeControlSocket()
         await proxy.drain(gracePeriod: gracePeriod)
         await demoServer?.close()

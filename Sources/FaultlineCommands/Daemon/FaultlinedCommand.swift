@@ -44,6 +44,9 @@ public struct FaultlinedCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Let this group use the control socket too (mode 0660 instead of 0600).")
     var controlGroup: String?
 
+    @Option(name: .long, help: "Also serve the control API on this TCP address (off by default; keep it on loopback).")
+    var controlAddress: HostPort?
+
     @Flag(name: .long, help: "No control socket.")
     var noControl = false
 
@@ -121,6 +124,7 @@ public struct FaultlinedCommand: AsyncParsableCommand {
         if !noControl {
             options.controlSocket = ControlSocketPath.resolve(controlSocket)
         }
+        options.controlAddress = controlAddress
         options.demoAddress = demo
         options.gracePeriod = grace.value
         options.seed = seed

@@ -41,8 +41,15 @@ struct FaultctlBinaryTests {
               - {name: slow, listener: api, enabled: false, latency: {delay: 100ms}}
             """.write(toFile: folder + "/a.yaml", atomically: true, encoding: .utf8)
         let socket = folder + "/control.sock"
-        let daemon = try DaemonProcess(["--rules", folder, "--no-metrics", "--control-socket", socket])
+        let controlPort = try unusedPort()
+        let daemon = try DaemonProcess([
+            "--rules", folder, "--no-metrics", "--control-socket", socket, "--control-address", "127.0.0.1:\(controlPort)",
+        ])
         #expect(await daemon.waitForLog("started"))
+        // The same API on loopback TCP, for runners that cannot reach a UNIX socket.
+        let overTCP = try await Curl.run(["-w", "\n%{content_type}", "http://127.0.0.1:\(controlPort)/v1/listeners"])
+        #expect(overTCP.text.hasPrefix(#"{"listeners":[{"connections_open":0"#))
+        #expect(overTCP.text.hasSuffix("\napplication/json"))
 
         let status = try await Self.faultctl(["status"], socket: socket)
         #expect(status.status == 0)
