@@ -85,7 +85,7 @@ struct HTTPRuleParsingTests {
             #"rules/h.yaml:15:5: fault "a": abort needs a listener with protocol: http"#,
             #"rules/h.yaml:16:5: fault "b": match needs a listener with protocol: http"#,
             #"rules/h.yaml:17:5: fault "c": latency.apply: response needs a listener with protocol: http"#,
-            #"rules/h.yaml:18:5: fault "d": slicer acts on TCP listeners; on an http listener use one of latency, abort, reset, limit, blackhole, bandwidth"#,
+            #"rules/h.yaml:18:5: fault "d": slicer acts on TCP listeners; on an http listener use one of latency, abort, reset, limit, blackhole, bandwidth, certificate"#,
             #"rules/h.yaml:19:5: fault "e": direction is for TCP listeners; on an http listener faults act on the request or its response"#,
             #"rules/h.yaml:20:5: fault "f": latency.apply on an http listener is request or response, not chunk"#,
             #"rules/h.yaml:21:5: fault "g": reset.after is for TCP listeners; on an http listener reset at once or after_bytes of the response body"#,
@@ -148,5 +148,33 @@ struct HTTPRuleParsingTests {
         #expect(!match.matches(method: "POST", path: "/x", header: { headers[$0] }))
         #expect(!match.matches(method: "GET", path: "/x", header: { ["x-test": "no"][$0] }))
         #expect(RequestMatch().matches(method: "DELETE", path: "/", header: { _ in nil }))
+    }
+
+    @Test func tlsBlockAndCertificateFaults() throws {
+        let text = """
+            listeners:
+              - {name: s, listen: 127.0.0.1:1, upstream: 127.0.0.1:2, tls: {names: [api.test, 10.0.0.1]}}
+              - {name: plain, listen: 127.0.0.1:3, upstream: 127.0.0.1:2}
+            faults:
+              - {name: old, listener: s, certificate: {kind: expired}}
+              - {name: soon, listener: s, certificate: {kind: expiring_soon, within: 168h}}
+            """
+        let set = try RuleLoader.load(sources: [("t.yaml", text)]).get()
+        #expect(set.listener(named: "s")?.tls == TLSSettings(names: ["api.test", "10.0.0.1"]))
+        #expect(set.listener(named: "plain")?.tls == nil)
+        #expect(set.faults[1].action == .certificate(CertificateFault(kind: .expiring_soon, within: .seconds(7 * 86400))))
+        let bad = """
+            listeners:
+              - {name: plain, listen: 127.0.0.1:3, upstream: 127.0.0.1:2}
+            faults:
+              - {name: a, listener: plain, certificate: {kind: expired}}
+              - {name: b, listener: plain, certificate: {kind: expird}}
+              - {name: c, listener: plain, certificate: {kind: expired, within: 1h}}
+            """
+        #expect(RuleLoader.load(sources: [("t.yaml", bad)]).errorDescriptions == [
+            #"t.yaml:5:52: faults[1].certificate.kind: "expird" is not one of expired, not_yet_valid, expiring_soon, wrong_host, self_signed, untrusted_root; did you mean "expired"?"#,
+            #"t.yaml:6:61: faults[2].certificate.within: only for kind: expiring_soon"#,
+            #"t.yaml:4:5: fault "a": certificate needs a listener with a tls: block"#,
+        ])
     }
 }

@@ -174,6 +174,15 @@ final class LineClient: Sendable {
         try await offThePool { try self.exchangeBlocking(text) }
     }
 
+    /// An exchange timed on the client's own thread (a busy test run cannot stretch it).
+    func timedExchange(_ text: String) async throws -> (reply: String, took: Duration) {
+        try await offThePool {
+            let start = ContinuousClock.now
+            let reply = try self.exchangeBlocking(text)
+            return (reply, ContinuousClock.now - start)
+        }
+    }
+
     func exchangeBlocking(_ text: String) throws -> String {
         let bytes = Array((text + "\n").utf8)
         guard send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL)) == bytes.count else {

@@ -28,6 +28,8 @@ public struct DaemonOptions: Sendable {
     public var controlAddress: HostPort?
     /// The socket file's mode: 0600 (owner only) unless a group is given access (0660).
     public var controlSocketMode: mode_t = 0o600
+    /// Where Faultline keeps its CA (`ca.pem`, `ca-key.pem`); nil for a CA in memory only.
+    public var stateDirectory: String?
     /// The rule folder the rules came from: watched and reloaded on change and on SIGHUP.
     /// nil for the one-off form (SIGHUP then reloads nothing).
     public var rulesDirectory: String?
@@ -66,7 +68,8 @@ public final class Daemon: Sendable {
         let metrics = FaultlineMetrics()
         let proxy = ProxyService(
             group: group, metrics: metrics, gracePeriod: options.gracePeriod,
-            seed: options.seed ?? FaultRandom.randomSeed(), logger: logger)
+            seed: options.seed ?? FaultRandom.randomSeed(),
+            authorities: CertificateAuthorities(folder: options.stateDirectory), logger: logger)
         var demo: SmallHTTPServer?
         var metricsServer: SmallHTTPServer?
         do {

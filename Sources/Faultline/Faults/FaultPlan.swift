@@ -128,6 +128,8 @@ public enum FaultPlanner {
                 apply { $0.slowClose = max($0.slowClose ?? .zero, delay) }
             case .abort:
                 break  // HTTP listeners only (the loader sees to it)
+            case .certificate:
+                break  // chosen when the TLS handshake is set up (TLSContexts)
             }
         }
         return plan

@@ -91,6 +91,8 @@ public enum HTTPFaultPlanner {
             return .throttle(bytesPerSecond: rate)
         case .slicer, .refuse, .cut, .slowClose:
             return nil  // TCP listeners only (the loader sees to it)
+        case .certificate:
+            return nil  // chosen for the connection's handshake, not per request
         }
     }
 

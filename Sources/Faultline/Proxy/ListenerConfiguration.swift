@@ -1,6 +1,7 @@
 import FaultlineRules
 import Logging
 import NIOCore
+import NIOSSL
 import Prometheus
 
 /// What a connection needs to know about its listener, fixed when the connection is accepted
@@ -23,9 +24,12 @@ struct ListenerConfiguration: Sendable {
     /// `http` listeners: the request metrics, and the injection counters of header-triggered
     /// faults (fault name `header`, by kind).
     let http: HTTPListenerMetrics?
+    /// TLS listeners: the good certificate and one per certificate fault, minted for these rules.
+    let tls: TLSContexts?
     private let headerInjectionCounters: [String: Counter]
 
-    init(rule: ListenerRule, faults: [FaultRule], metrics: FaultlineMetrics) throws {
+    init(rule: ListenerRule, faults: [FaultRule], metrics: FaultlineMetrics, authorities: CertificateAuthorities) throws {
+        tls = try rule.tls.map { try TLSContexts(settings: $0, faults: faults, authorities: authorities) }
         self.rule = rule
         self.faults = faults
         self.metrics = metrics.listener(rule.name)

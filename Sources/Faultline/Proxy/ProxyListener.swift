@@ -2,6 +2,7 @@ import FaultlineRules
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Synchronization
 
 #if canImport(Glibc)
@@ -17,6 +18,7 @@ public final class ProxyListener: Sendable {
     public let boundAddress: SocketAddress
     private let configuration: ConfigurationBox
     private let acceptors: [Acceptor]
+    private let authorities: CertificateAuthorities
     private let logger: Logger
 
     struct Acceptor: Sendable {
@@ -25,7 +27,8 @@ public final class ProxyListener: Sendable {
     }
 
     private init(name: String, boundAddress: SocketAddress, configuration: ConfigurationBox,
-                 acceptors: [Acceptor], logger: Logger) {
+                 acceptors: [Acceptor], authorities: CertificateAuthorities, logger: Logger) {
+        self.authorities = authorities
         self.name = name
         self.boundAddress = boundAddress
         self.configuration = configuration
@@ -41,12 +44,19 @@ public final class ProxyListener: Sendable {
         faults: [FaultRule],
         group: MultiThreadedEventLoopGroup,
         metrics: FaultlineMetrics,
+        authorities: CertificateAuthorities,
         seed: UInt64,
         logger baseLogger: Logger
     ) async throws -> ProxyListener {
         var logger = baseLogger
         logger[metadataKey: "listener"] = "\(rule.name)"
-        let configurationBox = ConfigurationBox(try ListenerConfiguration(rule: rule, faults: faults, metrics: metrics))
+        let configurationBox: ConfigurationBox
+        do {
+            configurationBox = ConfigurationBox(
+                try ListenerConfiguration(rule: rule, faults: faults, metrics: metrics, authorities: authorities))
+        } catch let error as CertificateAuthorityError {
+            throw ListenerStartError(listener: rule.name, address: rule.listen, reason: error.description)
+        }
         let loops = Array(group.makeIterator())
         var acceptors: [Acceptor] = []
         var address: SocketAddress
@@ -75,7 +85,7 @@ public final class ProxyListener: Sendable {
         logger.info("listening", metadata: ["address": "\(address)", "upstream": "\(rule.upstream)"])
         return ProxyListener(
             name: rule.name, boundAddress: address, configuration: configurationBox,
-            acceptors: acceptors, logger: logger)
+            acceptors: acceptors, authorities: authorities, logger: logger)
     }
 
     /// Holds the mutex so that the channel initializers and the listener share one.
@@ -104,6 +114,14 @@ public final class ProxyListener: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     // The configuration is read once, here: the connection keeps it for life.
                     let listener = configuration.value.withLock { $0 }
+                    if let tls = listener.tls {
+                        // The certificate is chosen once, for the connection's one handshake.
+                        let (context, fault) = tls.choose(
+                            faults: listener.faults, clientAddress: channel.remoteAddress?.addressBytes,
+                            random: &tracker.random)
+                        if let fault { listener.injections(fault).increment() }
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
+                    }
                     switch listener.rule.protocol {
                     case .tcp:
                         let connection = ProxyConnection(
@@ -123,7 +141,7 @@ public final class ProxyListener: Sendable {
     /// Takes a changed rule and fault rules (same socket; a different address needs a new
     /// listener). New connections take all of it; open connections follow the fault rules.
     func update(rule: ListenerRule, faults: [FaultRule], metrics: FaultlineMetrics) async throws {
-        let new = try ListenerConfiguration(rule: rule, faults: faults, metrics: metrics)
+        let new = try ListenerConfiguration(rule: rule, faults: faults, metrics: metrics, authorities: authorities)
         configuration.value.withLock { $0 = new }
         for acceptor in acceptors {
             try? await acceptor.tracker.eventLoop.submit { acceptor.tracker.rulesChanged(new) }.get()

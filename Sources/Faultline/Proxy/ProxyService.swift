@@ -14,13 +14,17 @@ public final class ProxyService: Service, Sendable {
     private let logger: Logger
     private let gracePeriod: Duration
     private let seed: UInt64
+    /// Faultline's CA for TLS listeners (loaded or created on first need).
+    public let authorities: CertificateAuthorities
     private let listenersByName: Mutex<[String: ProxyListener]>
     /// Listeners removed from the rules: no longer accepting, kept until their connections
     /// end, each with the task that waits for that. A drain cancels and awaits those tasks
     /// before it takes the listeners over, so that none outlives the event loops.
     private let retired: Mutex<[ObjectIdentifier: (listener: ProxyListener, watch: Task<Void, Never>)]>
 
-    init(group: MultiThreadedEventLoopGroup, metrics: FaultlineMetrics, gracePeriod: Duration, seed: UInt64, logger: Logger) {
+    init(group: MultiThreadedEventLoopGroup, metrics: FaultlineMetrics, gracePeriod: Duration, seed: UInt64,
+         authorities: CertificateAuthorities, logger: Logger) {
+        self.authorities = authorities
         self.group = group
         self.metrics = metrics
         self.gracePeriod = gracePeriod
@@ -39,7 +43,7 @@ public final class ProxyService: Service, Sendable {
                 started.append(
                     try await ProxyListener.start(
                         rule: rule, faults: rules.faults(forListener: rule.name), group: group, metrics: metrics,
-                        seed: seed, logger: logger))
+                        authorities: authorities, seed: seed, logger: logger))
             }
         } catch {
             for listener in started { await listener.stopAccepting() }
@@ -87,7 +91,7 @@ public final class ProxyService: Service, Sendable {
                 started.append(
                     try await ProxyListener.start(
                         rule: rule, faults: rules.faults(forListener: rule.name), group: group, metrics: metrics,
-                        seed: seed, logger: logger))
+                        authorities: authorities, seed: seed, logger: logger))
             }
         } catch {
             for listener in started { await listener.stopAccepting() }

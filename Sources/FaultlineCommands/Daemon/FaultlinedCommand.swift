@@ -7,19 +7,40 @@ import Logging
 import Glibc
 #endif
 
-/// `faultlined`: the daemon.
+/// `faultlined`: the daemon (`serve`, the default) and its CA (`ca export`).
 @available(macOS 15, *)
 public struct FaultlinedCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "faultlined",
         abstract: "Faultline: a fault-injection proxy that sits in front of a service under test.",
+        version: FaultlineVersion.current,
+        subcommands: [ServeCommand.self, CACommand.self],
+        defaultSubcommand: ServeCommand.self
+    )
+
+    public init() {}
+}
+
+/// `faultlined [serve]`: runs the daemon.
+@available(macOS 15, *)
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Faultline: a fault-injection proxy that sits in front of a service under test.",
         discussion: """
             Reads every *.yaml file in the rules folder and starts the listeners they declare.
             One-off form, without rule files:
               faultlined --listen 127.0.0.1:8080 --upstream 127.0.0.1:9000
+            Print the CA that TLS listeners' certificates chain to (for clients to trust):
+              faultlined ca export
             """,
         version: FaultlineVersion.current
     )
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Where Faultline keeps its CA for TLS listeners.",
+        discussion: "Default: $STATE_DIRECTORY (systemd), /var/lib/faultline as root, else $XDG_STATE_HOME/faultline or ~/.local/state/faultline."))
+    var stateDir: String?
 
     @Option(name: .long, help: "Folder of rule files (*.yaml).")
     var rules: String = "rules"
@@ -71,9 +92,9 @@ public struct FaultlinedCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Validate the rules, print what would run, and exit (0 valid, 1 invalid).")
     var check = false
 
-    public init() {}
+    init() {}
 
-    public func validate() throws {
+    func validate() throws {
         if (listen == nil) != (upstream == nil) {
             throw ValidationError("--listen and --upstream go together")
         }
@@ -82,7 +103,7 @@ public struct FaultlinedCommand: AsyncParsableCommand {
         }
     }
 
-    public func run() async throws {
+    func run() async throws {
         let level = logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -125,6 +146,7 @@ public struct FaultlinedCommand: AsyncParsableCommand {
             options.controlSocket = ControlSocketPath.resolve(controlSocket)
         }
         options.controlAddress = controlAddress
+        options.stateDirectory = StateDirectory.resolve(stateDir)
         options.demoAddress = demo
         options.gracePeriod = grace.value
         options.seed = seed

@@ -100,6 +100,20 @@ enum FaultRuleParser {
             else { return nil }
             let mode = f["mode"].flatMap { reader.oneOf($0, CutMode.self) } ?? .reset
             return .cut(after: after, mode: mode)
+        case "certificate":
+            guard let f = reader.fields(value, path: entry.path, allowed: ["kind", "within"], required: ["kind"]),
+                let kind = f["kind"].flatMap({ reader.oneOf($0, CertificateFaultKind.self) })
+            else { return nil }
+            var fault = CertificateFault(kind: kind)
+            if let within = f["within"] {
+                guard kind == .expiring_soon else {
+                    reader.report("\(within.path): only for kind: expiring_soon", at: within.key)
+                    return nil
+                }
+                guard let value = reader.duration(within, minimum: .seconds(1)) else { return nil }
+                fault.within = value
+            }
+            return .certificate(fault)
         case "abort":
             return HTTPRuleParser.abort(value, path: entry.path, reader: &reader).map { .abort($0) }
         case "slow_close":

@@ -4,7 +4,7 @@ import Yams
 /// need the whole folder (duplicate names, two listeners on one address) are `RuleLoader`'s.
 public struct RuleFileParser {
     static let topLevelKeys = ["listeners", "faults"]
-    static let listenerKeys = ["name", "listen", "upstream", "protocol", "timeouts", "http"]
+    static let listenerKeys = ["name", "listen", "upstream", "protocol", "timeouts", "http", "tls"]
     static let timeoutKeys = ["connect", "idle"]
 
     public struct Result: Sendable {
@@ -73,6 +73,25 @@ public struct RuleFileParser {
                 http = settings
             }
         }
+        var tls: TLSSettings?
+        if let entry = fields["tls"] {
+            if case .scalar(let scalar) = entry.value, scalar.isNullLike {
+                tls = TLSSettings()
+            } else if let t = reader.fields(entry.value, path: entry.path, allowed: ["names"]) {
+                var settings = TLSSettings()
+                if let names = t["names"], let items = reader.sequence(names) {
+                    settings.names = items.compactMap { item in
+                        guard case .scalar(let scalar) = item, !scalar.string.isEmpty, !scalar.isNullLike else {
+                            reader.report("\(names.path): expected host names or IP addresses, found \(item.kindName)", at: item)
+                            return nil
+                        }
+                        return scalar.string
+                    }
+                    if settings.names.isEmpty { reader.report("\(names.path): give at least one name", at: names.value) }
+                }
+                tls = settings
+            }
+        }
         var connectTimeout = ListenerRule.defaultConnectTimeout
         var idleTimeout = ListenerRule.defaultIdleTimeout
         if let entry = fields["timeouts"],
@@ -94,6 +113,7 @@ public struct RuleFileParser {
             connectTimeout: connectTimeout,
             idleTimeout: idleTimeout,
             http: http,
+            tls: tls,
             source: reader.location(of: node)
         )
     }

@@ -107,10 +107,14 @@ public enum RuleLoader {
         var errors: [RuleError] = []
         var byName: [String: FaultRule] = [:]
         let listenerNames = listeners.map(\.name) + knownListeners
-        let protocols = Dictionary(listeners.map { ($0.name, $0.protocol) }, uniquingKeysWith: { first, _ in first })
+        let listenersByName = Dictionary(listeners.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         for fault in faults {
-            if let proto = protocols[fault.listener] {
-                errors += protocolErrors(fault, listenerProtocol: proto)
+            if let listener = listenersByName[fault.listener] {
+                errors += protocolErrors(fault, listenerProtocol: listener.protocol)
+                if case .certificate = fault.action, listener.tls == nil {
+                    errors.append(RuleError(
+                        "fault \"\(fault.name)\": certificate needs a listener with a tls: block", at: fault.source))
+                }
             }
             if let first = byName[fault.name] {
                 errors.append(RuleError("fault \"\(fault.name)\" is already declared at \(first.source)", at: fault.source))

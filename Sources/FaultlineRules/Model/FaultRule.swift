@@ -85,6 +85,8 @@ public enum FaultAction: Sendable, Hashable {
     case slowClose(delay: Duration)
     /// HTTP listeners: answer with this response without contacting the upstream.
     case abort(HTTPAbort)
+    /// TLS listeners: present a bad certificate (expired, wrong host, ...) to the connection.
+    case certificate(CertificateFault)
 
     /// The rule key and metric label of the action.
     public var kind: String {
@@ -99,14 +101,16 @@ public enum FaultAction: Sendable, Hashable {
         case .cut: "cut"
         case .slowClose: "slow_close"
         case .abort: "abort"
+        case .certificate: "certificate"
         }
     }
 
     public static let kinds = [
         "latency", "bandwidth", "slicer", "reset", "refuse", "blackhole", "limit", "cut", "slow_close", "abort",
+        "certificate",
     ]
     /// What a fault on an `http` listener may do; each acts on one request.
-    public static let httpKinds = ["latency", "abort", "reset", "limit", "blackhole", "bandwidth"]
+    public static let httpKinds = ["latency", "abort", "reset", "limit", "blackhole", "bandwidth", "certificate"]
     public static let tcpKinds = kinds.filter { $0 != "abort" }
 }
 

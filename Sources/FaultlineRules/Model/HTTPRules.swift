@@ -150,3 +150,42 @@ enum Glob {
         return p == pattern.count
     }
 }
+
+/// A listener's `tls:` block: Faultline terminates TLS with a leaf certificate minted by its
+/// own CA for these names.
+public struct TLSSettings: Sendable, Hashable {
+    public static let defaultNames = ["localhost", "127.0.0.1", "::1"]
+    /// DNS names and IP addresses the leaf certificate is valid for.
+    public var names: [String]
+
+    public init(names: [String] = TLSSettings.defaultNames) {
+        self.names = names
+    }
+}
+
+/// What a `certificate` fault presents instead of a good certificate.
+public enum CertificateFaultKind: String, Sendable, Hashable, CaseIterable {
+    /// notAfter in the past.
+    case expired
+    /// notBefore in the future.
+    case not_yet_valid
+    /// Valid, but expiring within `within` (for expiry monitors and alerts).
+    case expiring_soon
+    /// Valid, for another name than the one asked for.
+    case wrong_host
+    /// Signed by its own key, not by the CA.
+    case self_signed
+    /// Signed by a second CA that clients do not trust.
+    case untrusted_root
+}
+
+public struct CertificateFault: Sendable, Hashable {
+    public var kind: CertificateFaultKind
+    /// `expiring_soon`: the certificate expires this long after it is minted.
+    public var within: Duration
+
+    public init(kind: CertificateFaultKind, within: Duration = .seconds(86400)) {
+        self.kind = kind
+        self.within = within
+    }
+}

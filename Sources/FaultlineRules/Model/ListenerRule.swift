@@ -20,6 +20,8 @@ public struct ListenerRule: Sendable, Hashable {
     public var idleTimeout: Duration
     /// `http` listeners only.
     public var http: HTTPSettings
+    /// TLS termination with Faultline's CA; nil for plain TCP/HTTP.
+    public var tls: TLSSettings?
     /// Where the listener was declared, for messages that point back at the file.
     public var source: SourceLocation
 
@@ -31,6 +33,7 @@ public struct ListenerRule: Sendable, Hashable {
         connectTimeout: Duration = ListenerRule.defaultConnectTimeout,
         idleTimeout: Duration = ListenerRule.defaultIdleTimeout,
         http: HTTPSettings = HTTPSettings(),
+        tls: TLSSettings? = nil,
         source: SourceLocation = SourceLocation(file: "<command line>", line: 1, column: 1)
     ) {
         self.name = name
@@ -40,6 +43,7 @@ public struct ListenerRule: Sendable, Hashable {
         self.connectTimeout = connectTimeout
         self.idleTimeout = idleTimeout
         self.http = http
+        self.tls = tls
         self.source = source
     }
 

@@ -25,7 +25,7 @@ struct ChaosExperimentTests {
             process.standardError = pipe
             process.standardInput = FileHandle.nullDevice
             try process.run()
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            let data = pipe.fileHandleForReading.readAllRetryingInterrupts()
             process.waitUntilExit()
             return (process.terminationStatus, String(decoding: data, as: UTF8.self))
         }

@@ -21,7 +21,7 @@ struct FaultctlBinaryTests {
             process.standardError = FileHandle(forWritingAtPath: errorFile)
             process.standardInput = FileHandle.nullDevice
             try process.run()
-            let data = output.fileHandleForReading.readDataToEndOfFile()
+            let data = output.fileHandleForReading.readAllRetryingInterrupts()
             process.waitUntilExit()
             return (process.terminationStatus, String(decoding: data, as: UTF8.self),
                     (try? String(contentsOfFile: errorFile, encoding: .utf8)) ?? "")

@@ -25,7 +25,7 @@ enum Curl {
             process.standardError = log
             process.standardInput = FileHandle.nullDevice
             try process.run()
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            let data = pipe.fileHandleForReading.readAllRetryingInterrupts()
             process.waitUntilExit()
             try? log.close()
             let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""

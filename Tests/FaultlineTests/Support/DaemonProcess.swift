@@ -1,6 +1,10 @@
 import Foundation
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The built `faultlined` binary run as a child process, with its log lines readable as they
 /// come, for end-to-end tests (exit codes, signals, messages a user sees).
 final class DaemonProcess: Sendable {
@@ -28,7 +32,7 @@ final class DaemonProcess: Sendable {
         process = Process()
         process.executableURL = Self.binary
         // Daemons of tests running side by side must not share the default control socket.
-        process.arguments = arguments.contains("--control-socket") ? arguments : arguments + ["--no-control"]
+        process.arguments = arguments.contains("--control-socket") || arguments.first == "ca" ? arguments : arguments + ["--no-control"]
         if !environment.isEmpty {
             process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         }
@@ -41,33 +45,44 @@ final class DaemonProcess: Sendable {
         lines = stream
         let pending = TextBuffer()
         let all = allOutput
-        errorPipe.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            if data.isEmpty {
-                handle.readabilityHandler = nil
-                continuation.finish()
-                return
+        // Plain threads with read(2) (retried on EINTR) rather than Foundation's handlers,
+        // which crash on an interrupted read.
+        let errorHandle = errorPipe.fileHandleForReading
+        Thread {
+            var chunk = [UInt8](repeating: 0, count: 16384)
+            while true {
+                let count = read(errorHandle.fileDescriptor, &chunk, chunk.count)
+                if count < 0, errno == EINTR { continue }
+                guard count > 0 else { break }
+                let text = String(decoding: chunk[0..<count], as: UTF8.self)
+                all.text.withLock { $0 += text }
+                let complete: [String] = pending.text.withLock { buffer in
+                    buffer += text
+                    var parts = buffer.components(separatedBy: "\n")
+                    buffer = parts.removeLast()
+                    return parts
+                }
+                for line in complete { continuation.yield(line) }
             }
-            let text = String(decoding: data, as: UTF8.self)
-            all.text.withLock { $0 += text }
-            let complete: [String] = pending.text.withLock { buffer in
-                buffer += text
-                var parts = buffer.components(separatedBy: "\n")
-                buffer = parts.removeLast()
-                return parts
-            }
-            for line in complete { continuation.yield(line) }
-        }
+            continuation.finish()
+        }.start()
         let out = stdoutText
-        outputPipe.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            if data.isEmpty {
-                handle.readabilityHandler = nil
-                return
+        let outputHandle = outputPipe.fileHandleForReading
+        Thread {
+            var chunk = [UInt8](repeating: 0, count: 16384)
+            while true {
+                let count = read(outputHandle.fileDescriptor, &chunk, chunk.count)
+                if count < 0, errno == EINTR { continue }
+                guard count > 0 else { break }
+                out.text.withLock { $0 += String(decoding: chunk[0..<count], as: UTF8.self) }
             }
-            out.text.withLock { $0 += String(decoding: data, as: UTF8.self) }
-        }
+        }.start()
         try process.run()
+    }
+
+    /// A test that stops early (a thrown error) must not leave its daemon running.
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
     }
 
     /// Everything written to standard error so far.

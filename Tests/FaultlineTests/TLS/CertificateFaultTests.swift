@@ -1,0 +1,150 @@
+import Faultline
+import FaultlineRules
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import Testing
+
+/// TLS termination with Faultline's CA and every certificate fault, checked by real clients:
+/// curl and `openssl s_client`.
+@Suite struct CertificateFaultTests {
+    /// A TLS listener in front of the demo service, its CA written to a file for the clients.
+    func withTLSProxy(
+        faults: [CertificateFaultKind] = [], protocol proto: ListenerProtocol = .tcp,
+        _ body: (_ daemon: Daemon, _ port: Int, _ caFile: String) async throws -> Void
+    ) async throws {
+        try await withHTTPProxy(
+            faults: faults.map { kind in
+                FaultRule(
+                    name: kind.rawValue, listener: "test",
+                    action: .certificate(CertificateFault(kind: kind, within: .seconds(7200))))
+            },
+            configure: { rule in
+                rule.protocol = proto
+                rule.tls = TLSSettings(names: ["localhost", "127.0.0.1"])
+            }
+        ) { daemon, port, _ in
+            let caFile = FileManager.default.temporaryDirectory.appendingPathComponent("fl-ca-\(UUID().uuidString).pem").path
+            try daemon.proxy.authorities.main().pem.write(toFile: caFile, atomically: true, encoding: .utf8)
+            defer { try? FileManager.default.removeItem(atPath: caFile) }
+            try await body(daemon, port, caFile)
+        }
+    }
+
+    func curl(_ port: Int, _ caFile: String) async throws -> Curl.Result {
+        try await Curl.run(["--cacert", caFile, "https://localhost:\(port)/"])
+    }
+
+    @Test(arguments: [ListenerProtocol.tcp, .http])
+    func goodCertificateFromTheOwnCA(_ proto: ListenerProtocol) async throws {
+        try await withTLSProxy(protocol: proto) { _, port, caFile in
+            let result = try await curl(port, caFile)
+            #expect(result.status == 0, "\(result.log)")
+            #expect(result.text == "hello from the Faultline demo service\n")
+            // An independent client agrees.
+            let verified = try await OpenSSL.verifyResult(port: port, caFile: caFile)
+            #expect(verified.contains("Verify return code: 0 (ok)"))
+        }
+    }
+
+    @Test(arguments: [
+        (CertificateFaultKind.expired, "certificate has expired", String?("Verify return code: 10 (certificate has expired)")),
+        (.not_yet_valid, "certificate is not yet valid", "Verify return code: 9 (certificate is not yet valid)"),
+        (.wrong_host, "no alternative certificate subject name matches target host name 'localhost'", String?.none),
+        (.self_signed, "self-signed certificate", "Verify return code: 18 (self-signed certificate)"),
+        (.untrusted_root, "self-signed certificate in certificate chain", "Verify return code: 19 (self-signed certificate in certificate chain)"),
+    ])
+    func badCertificatesAreRefusedByClients(_ kind: CertificateFaultKind, _ curlMessage: String, _ openSSLResult: String?) async throws {
+        try await withTLSProxy(faults: [kind]) { daemon, port, caFile in
+            let result = try await curl(port, caFile)
+            #expect(result.status == 60, "\(result.log)")
+            #expect(result.log.contains(curlMessage), "\(result.log)")
+            if let openSSLResult {
+                #expect(try await OpenSSL.verifyResult(port: port, caFile: caFile).contains(openSSLResult))
+            }
+            #expect(await daemon.injections(kind.rawValue) >= 1)
+        }
+    }
+
+    @Test func expiringSoonIsValidButExpiresWithinTheStatedTime() async throws {
+        try await withTLSProxy(faults: [.expiring_soon]) { _, port, caFile in
+            #expect(try await curl(port, caFile).status == 0)
+            let certificate = try await OpenSSL.serverCertificate(port: port)
+            // Valid for another hour, gone within two (the rule says within: 2h).
+            #expect(try await OpenSSL.checkEnd(certificate, seconds: 3600) == 0)
+            #expect(try await OpenSSL.checkEnd(certificate, seconds: 7201) == 1)
+        }
+    }
+}
+
+/// The system's openssl as an independent TLS client.
+enum OpenSSL {
+    static func run(_ arguments: [String], input: String = "") async throws -> (status: Int32, output: String) {
+        try await offThePool {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["timeout", "10", "openssl"] + arguments
+            let output = Pipe()
+            let stdin = Pipe()
+            process.standardOutput = output
+            process.standardError = output
+            process.standardInput = stdin
+            try process.run()
+            stdin.fileHandleForWriting.write(Data(input.utf8))
+            try? stdin.fileHandleForWriting.close()
+            let data = output.fileHandleForReading.readAllRetryingInterrupts()
+            process.waitUntilExit()
+            return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        }
+    }
+
+    static func verifyResult(port: Int, caFile: String) async throws -> String {
+        try await run(["s_client", "-connect", "127.0.0.1:\(port)", "-servername", "localhost", "-CAfile", caFile]).output
+    }
+
+    static func serverCertificate(port: Int) async throws -> String {
+        let output = try await run(["s_client", "-connect", "127.0.0.1:\(port)", "-servername", "localhost"]).output
+        guard let start = output.range(of: "-----BEGIN CERTIFICATE-----"),
+            let end = output.range(of: "-----END CERTIFICATE-----")
+        else { return "" }
+        return String(output[start.lowerBound..<end.upperBound]) + "\n"
+    }
+
+    /// `openssl x509 -checkend`: 0 if the certificate is still valid `seconds` from now, 1 if not.
+    static func checkEnd(_ certificate: String, seconds: Int) async throws -> Int32 {
+        try await run(["x509", "-noout", "-checkend", "\(seconds)"], input: certificate).status
+    }
+}
+
+/// `faultlined ca export` with the built binary: the CA is made once, its key is 0600, and
+/// the daemon's TLS listeners present certificates that chain to it.
+@Suite(.serialized)
+struct CAExportTests {
+    @Test func exportCreatesTheCAOnceAndTheDaemonUsesIt() async throws {
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("fl-state-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        let first = try await DaemonProcess.run(["ca", "export", "--state-dir", state])
+        #expect(first.status == 0)
+        #expect(first.stdout.hasPrefix("-----BEGIN CERTIFICATE-----"))
+        let second = try await DaemonProcess.run(["ca", "export", "--state-dir", state])
+        #expect(second.stdout == first.stdout)
+        var info = stat()
+        #expect(stat(state + "/ca-key.pem", &info) == 0 && info.st_mode & 0o777 == 0o600)
+
+        let caFile = state + "/exported.pem"
+        try first.stdout.write(toFile: caFile, atomically: true, encoding: .utf8)
+        let demo = try unusedPort()
+        let port = try unusedPort()
+        let rules = state + "/rules"
+        try FileManager.default.createDirectory(atPath: rules, withIntermediateDirectories: true)
+        try "listeners:\n  - {name: s, listen: 127.0.0.1:\(port), upstream: 127.0.0.1:\(demo), tls: {names: [localhost]}}\n"
+            .write(toFile: rules + "/a.yaml", atomically: true, encoding: .utf8)
+        let daemon = try DaemonProcess(["--rules", rules, "--demo", "127.0.0.1:\(demo)", "--no-metrics", "--state-dir", state])
+        #expect(await daemon.waitForLog("started"))
+        let result = try await Curl.run(["--cacert", caFile, "https://localhost:\(port)/"])
+        #expect(result.text == "hello from the Faultline demo service\n", "\(result.log)")
+        daemon.signal(SIGTERM)
+        #expect(await daemon.waitForExit() == 0)
+    }
+}
