@@ -16,6 +16,7 @@ import NIOHTTP1
 ///   POST   /v1/faults/NAME/disable    likewise
 ///   POST   /v1/reset                  drops every runtime change at once
 ///   POST   /v1/reload                 reloads the rule files now
+///   GET    /v1/ca                     the CA certificate (PEM) that TLS listeners chain to
 public struct ControlAPI: Sendable {
     public static let maxBodyBytes = 64 * 1024
 
@@ -64,10 +65,16 @@ public struct ControlAPI: Sendable {
                     let before = daemon.reloader.overlay
                     try await change { overlay, _ in overlay = RuntimeOverlay() }
                     return try json(["reset": ["overrides": before.overrides.count, "faults": before.faults.count]])
+                case ("ca", .GET):
+                    do {
+                        return try json(["certificate": try daemon.proxy.authorities.main().pem])
+                    } catch {
+                        throw ControlError(.internalServerError, "ca_unavailable", "\(error)")
+                    }
                 case ("reload", .POST):
                     let outcome = await daemon.reloader.reload(reason: "control socket")
                     return try json(["reload": ReloadView(outcome)], status: outcome.succeeded ? .ok : .unprocessableEntity)
-                case ("status", _), ("listeners", _), ("faults", _), ("reset", _), ("reload", _):
+                case ("status", _), ("listeners", _), ("faults", _), ("reset", _), ("reload", _), ("ca", _):
                     throw notAllowed()
                 default:
                     break

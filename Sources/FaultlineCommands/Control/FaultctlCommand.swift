@@ -14,7 +14,7 @@ public struct FaultctlCommand: AsyncParsableCommand {
         version: FaultlineVersion.current,
         subcommands: [
             StatusCommand.self, ListCommand.self, EnableCommand.self, DisableCommand.self, InjectCommand.self,
-            RemoveCommand.self, ResetCommand.self, ReloadCommand.self, ValidateCommand.self,
+            RemoveCommand.self, ResetCommand.self, ReloadCommand.self, ValidateCommand.self, CtlCACommand.self,
         ]
     )
 

@@ -18,7 +18,7 @@ struct CAExportCommand: AsyncParsableCommand {
     func run() async throws {
         let folder = StateDirectory.resolve(stateDir)
         do {
-            print(try CertificateAuthority.loadOrCreate(in: folder).pem, terminator: "")
+            print(try CertificateAuthority.loadOrCreate(in: folder).pem)
         } catch {
             printToStandardError("faultlined: \(error)")
             throw ExitCode(1)

@@ -140,8 +140,14 @@ struct CAExportTests {
         try FileManager.default.createDirectory(atPath: rules, withIntermediateDirectories: true)
         try "listeners:\n  - {name: s, listen: 127.0.0.1:\(port), upstream: 127.0.0.1:\(demo), tls: {names: [localhost]}}\n"
             .write(toFile: rules + "/a.yaml", atomically: true, encoding: .utf8)
-        let daemon = try DaemonProcess(["--rules", rules, "--demo", "127.0.0.1:\(demo)", "--no-metrics", "--state-dir", state])
+        let socket = state + "/control.sock"
+        let daemon = try DaemonProcess([
+            "--rules", rules, "--demo", "127.0.0.1:\(demo)", "--no-metrics", "--state-dir", state, "--control-socket", socket,
+        ])
         #expect(await daemon.waitForLog("started"))
+        // faultctl gets the same CA from the running daemon.
+        let fromDaemon = try await FaultctlBinaryTests.faultctl(["ca", "export"], socket: socket)
+        #expect(fromDaemon.status == 0 && fromDaemon.output == first.stdout)
         let result = try await Curl.run(["--cacert", caFile, "https://localhost:\(port)/"])
         #expect(result.text == "hello from the Faultline demo service\n", "\(result.log)")
         daemon.signal(SIGTERM)
