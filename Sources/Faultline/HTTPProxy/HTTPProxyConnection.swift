@@ -105,8 +105,7 @@ final class HTTPProxyConnection: TrackedConnection {
     private var rejected = false
 
     private let acceptedAt = NIODeadline.now()
-    private var sawActivity = false
-    private var quietSweeps = 0
+    private var idle = IdleTimer()
 
     init(id: UInt64, clientChannel: Channel, listener: ListenerConfiguration, tracker: ConnectionTracker, logger: Logger) {
         self.id = id
@@ -146,7 +145,7 @@ final class HTTPProxyConnection: TrackedConnection {
     }
 
     func clientBytesArrived() {
-        sawActivity = true
+        idle.activity()
         // The head timeout runs from the first byte of a request to the end of its head.
         if exchange == nil, headTimer == nil {
             headTimer = eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(settings.headTimeout.nanoseconds)) {
@@ -808,13 +807,7 @@ final class HTTPProxyConnection: TrackedConnection {
     }
 
     func idleSweep() {
-        if sawActivity {
-            sawActivity = false
-            quietSweeps = 0
-            return
-        }
-        quietSweeps += 1
-        if quietSweeps >= 4 {
+        if idle.sweep() {
             logger.debug("idle timeout; closing", metadata: ["conn.id": "\(id)"])
             closeAll()
         }

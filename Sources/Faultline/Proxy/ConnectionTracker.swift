@@ -13,6 +13,29 @@ protocol TrackedConnection: AnyObject {
     var bufferedBytes: Int { get }
 }
 
+/// Idleness as the loop's sweep sees it: a read sets a flag (cheaper than a clock read per
+/// chunk, and no timer per connection); four sweeps in a row without one, four per idle
+/// timeout, mean the connection was silent for at least one idle period.
+struct IdleTimer {
+    private var sawActivity = false
+    private var quietSweeps = 0
+
+    mutating func activity() {
+        sawActivity = true
+    }
+
+    /// Called by each sweep; true when the connection is to be closed.
+    mutating func sweep() -> Bool {
+        if sawActivity {
+            sawActivity = false
+            quietSweeps = 0
+            return false
+        }
+        quietSweeps += 1
+        return quietSweeps >= 4
+    }
+}
+
 /// The open connections of one listener on one event loop. Only touched on that loop, so
 /// accepting and closing take no lock; the listener visits every loop's tracker to drain.
 // @unchecked Sendable: the tracker is handed to the loop's channel initializers, but every

@@ -51,10 +51,7 @@ final class ProxyConnection: TrackedConnection {
     private let acceptedAt = NIODeadline.now()
     private var bytesUpstream: Int64 = 0
     private var bytesDownstream: Int64 = 0
-    /// Set by each read; the loop's idle sweep checks and clears it (cheaper than a clock
-    /// read per chunk, and no timer per connection).
-    private var sawActivity = false
-    private var quietSweeps = 0
+    private var idle = IdleTimer()
 
     // Faults (see ProxyConnection+Faults.swift). Empty for a listener without fault rules.
     /// What the faults in force do to this connection.
@@ -135,7 +132,7 @@ final class ProxyConnection: TrackedConnection {
     }
 
     func forward(_ buffer: ByteBuffer, from side: ProxySide) {
-        sawActivity = true
+        idle.activity()
         let count = Int64(buffer.readableBytes)
         // Counted in plain loop-confined integers; the metrics endpoint folds the loop's
         // totals into the shared counters when it is scraped (no atomic per chunk).
@@ -320,13 +317,7 @@ final class ProxyConnection: TrackedConnection {
     /// Called by the loop's idle sweep, four times per idle timeout: a connection with no byte
     /// in four sweeps in a row has been silent for at least one idle period, and is closed.
     func idleSweep() {
-        if sawActivity {
-            sawActivity = false
-            quietSweeps = 0
-            return
-        }
-        quietSweeps += 1
-        if quietSweeps >= 4 {
+        if idle.sweep() {
             logger.debug("idle timeout; closing", metadata: ["conn.id": "\(id)"])
             closeAll()
         }

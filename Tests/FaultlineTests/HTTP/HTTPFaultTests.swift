@@ -200,13 +200,17 @@ import Testing
         try await withHTTPProxy { daemon, port, _ in
             let rule = daemon.proxy.listener(named: "test")!.rule
             // One curl, two requests on one connection; the rule arrives between them (the
-            // first request is held 300 ms by a header delay so that there is time).
+            // first request is held 300 ms by a rule so that there is time).
             try await daemon.proxy.updateFaults(RuleSet(listeners: [rule], faults: [
                 fault("first-slow", .latency(LatencyFault(delay: .milliseconds(300))), match: RequestMatch(path: .exact("/"))),
             ]))
             async let both = Curl.run(["-v", "-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_code} ",
                                        "http://127.0.0.1:\(port)/", "http://127.0.0.1:\(port)/bytes/1"])
-            try await Task.sleep(for: .milliseconds(100))
+            // Once the first request is held (its fault counted), the rules change.
+            let start = ContinuousClock.now
+            while await daemon.injections("first-slow") == 0, ContinuousClock.now - start < .seconds(5) {
+                try await Task.sleep(for: .milliseconds(5))
+            }
             try await daemon.proxy.updateFaults(RuleSet(listeners: [rule], faults: [
                 fault("first-slow", .latency(LatencyFault(delay: .milliseconds(300))), match: RequestMatch(path: .exact("/"))),
                 fault("now-down", .abort(HTTPAbort(status: 503)), match: RequestMatch(path: .prefix("/bytes/"))),
