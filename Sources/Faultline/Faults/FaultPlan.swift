@@ -128,7 +128,7 @@ public enum FaultPlanner {
                 apply { $0.slowClose = max($0.slowClose ?? .zero, delay) }
             case .abort:
                 break  // HTTP listeners only (the loader sees to it)
-            case .certificate:
+            case .certificate, .handshake:
                 break  // chosen when the TLS handshake is set up (TLSContexts)
             }
         }

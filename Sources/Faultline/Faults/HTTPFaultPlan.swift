@@ -91,7 +91,7 @@ public enum HTTPFaultPlanner {
             return .throttle(bytesPerSecond: rate)
         case .slicer, .refuse, .cut, .slowClose:
             return nil  // TCP listeners only (the loader sees to it)
-        case .certificate:
+        case .certificate, .handshake:
             return nil  // chosen for the connection's handshake, not per request
         }
     }

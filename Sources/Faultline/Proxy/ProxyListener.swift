@@ -116,11 +116,14 @@ public final class ProxyListener: Sendable {
                     let listener = configuration.value.withLock { $0 }
                     if let tls = listener.tls {
                         // The certificate is chosen once, for the connection's one handshake.
-                        let (context, fault) = tls.choose(
+                        let choice = tls.choose(
                             faults: listener.faults, clientAddress: channel.remoteAddress?.addressBytes,
                             random: &tracker.random)
-                        if let fault { listener.injections(fault).increment() }
-                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
+                        if let fault = choice.fault { listener.injections(fault).increment() }
+                        if let gate = choice.gate {
+                            try channel.pipeline.syncOperations.addHandler(HandshakeGate(gate))
+                        }
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: choice.context))
                     }
                     switch listener.rule.protocol {
                     case .tcp:

@@ -18,18 +18,29 @@ struct TLSContexts: Sendable {
         let ca = try authorities.main()
         let now = Date()
         func context(_ material: (certificate: Certificate, key: Certificate.PrivateKey), chain: [Certificate] = []) throws -> NIOSSLContext {
-            let certificates = try ([material.certificate] + chain).map {
-                try NIOSSLCertificate(bytes: Array($0.serializeAsPEM().pemString.utf8), format: .pem)
-            }
-            let key = try NIOSSLPrivateKey(bytes: Array(material.key.serializeAsPEM().pemString.utf8), format: .pem)
-            let configuration = TLSConfiguration.makeServerConfiguration(
-                certificateChain: certificates.map { .certificate($0) }, privateKey: .privateKey(key))
-            return try NIOSSLContext(configuration: configuration)
+            try NIOSSLContext(configuration: Self.configuration(material, chain: chain))
         }
         let day: TimeInterval = 86400
-        normal = try context(ca.leaf(names: settings.names, notBefore: now - day, notAfter: now + 365 * day))
         var faulty: [String: NIOSSLContext] = [:]
+        let good = try ca.leaf(names: settings.names, notBefore: now - day, notAfter: now + 365 * day)
         for rule in faults {
+            if case .handshake(let fault) = rule.action {
+                var configuration = try Self.configuration(good)
+                switch fault.kind {
+                case .old_protocol:
+                    configuration.minimumTLSVersion = .tlsv1
+                    configuration.maximumTLSVersion = .tlsv1
+                case .client_certificate:
+                    configuration.certificateVerification = .noHostnameVerification
+                    configuration.trustRoots = .certificates([
+                        try NIOSSLCertificate(bytes: Array(ca.certificate.serializeAsPEM().pemString.utf8), format: .pem)
+                    ])
+                case .close, .delay:
+                    continue  // the good certificate, behind a HandshakeGate
+                }
+                faulty[rule.name] = try NIOSSLContext(configuration: configuration)
+                continue
+            }
             guard case .certificate(let fault) = rule.action else { continue }
             let material: (certificate: Certificate, key: Certificate.PrivateKey)
             switch fault.kind {
@@ -54,18 +65,52 @@ struct TLSContexts: Sendable {
             faulty[rule.name] = try context(material)
         }
         self.faulty = faulty
+        normal = try context(good)
+    }
+
+    static func configuration(
+        _ material: (certificate: Certificate, key: Certificate.PrivateKey), chain: [Certificate] = []
+    ) throws -> TLSConfiguration {
+        let certificates = try ([material.certificate] + chain).map {
+            try NIOSSLCertificate(bytes: Array($0.serializeAsPEM().pemString.utf8), format: .pem)
+        }
+        let key = try NIOSSLPrivateKey(bytes: Array(material.key.serializeAsPEM().pemString.utf8), format: .pem)
+        return TLSConfiguration.makeServerConfiguration(
+            certificateChain: certificates.map { .certificate($0) }, privateKey: .privateKey(key))
     }
 
     /// The context for a new connection: the first enabled certificate fault that targets the
     /// client and wins its draw, or the good certificate.
-    func choose(faults: [FaultRule], clientAddress: [UInt8]?, random: inout FaultRandom) -> (NIOSSLContext, FaultRule?) {
+    func choose(faults: [FaultRule], clientAddress: [UInt8]?, random: inout FaultRandom) -> TLSChoice {
         for rule in faults where rule.enabled && rule.targets(clientAddress: clientAddress) {
-            guard case .certificate = rule.action, let context = faulty[rule.name] else { continue }
+            let gate: HandshakeGate.Action?
+            switch rule.action {
+            case .certificate:
+                gate = nil
+            case .handshake(let fault):
+                switch fault.kind {
+                case .close: gate = .close
+                case .delay: gate = .delay(fault.delay)
+                case .old_protocol, .client_certificate: gate = nil
+                }
+            default:
+                continue
+            }
+            let context = gate == nil ? faulty[rule.name] : normal
+            guard let context else { continue }
             if rule.probability < 1, !(random.unit() < rule.probability) { continue }
-            return (context, rule)
+            return TLSChoice(context: context, gate: gate, fault: rule)
         }
-        return (normal, nil)
+        return TLSChoice(context: normal, gate: nil, fault: nil)
     }
+}
+
+/// How a new TLS connection starts: its server context, a gate in front of the handshake
+/// (close or delay), and the fault that chose them.
+struct TLSChoice {
+    var context: NIOSSLContext
+    var gate: HandshakeGate.Action?
+    var fault: FaultRule?
 }
 
 /// The CA from the state folder, loaded or created on first need, and the second,

@@ -114,6 +114,23 @@ enum FaultRuleParser {
                 fault.within = value
             }
             return .certificate(fault)
+        case "handshake":
+            guard let f = reader.fields(value, path: entry.path, allowed: ["kind", "delay"], required: ["kind"]),
+                let kind = f["kind"].flatMap({ reader.oneOf($0, HandshakeFaultKind.self) })
+            else { return nil }
+            var fault = HandshakeFault(kind: kind)
+            if kind == .delay {
+                guard let entry = f["delay"] else {
+                    reader.report("\(entry.path).delay: required for kind: delay", at: value)
+                    return nil
+                }
+                guard let delay = reader.duration(entry, minimum: .milliseconds(1)) else { return nil }
+                fault.delay = delay
+            } else if let delay = f["delay"] {
+                reader.report("\(delay.path): only for kind: delay", at: delay.key)
+                return nil
+            }
+            return .handshake(fault)
         case "abort":
             return HTTPRuleParser.abort(value, path: entry.path, reader: &reader).map { .abort($0) }
         case "slow_close":

@@ -111,9 +111,14 @@ public enum RuleLoader {
         for fault in faults {
             if let listener = listenersByName[fault.listener] {
                 errors += protocolErrors(fault, listenerProtocol: listener.protocol)
-                if case .certificate = fault.action, listener.tls == nil {
-                    errors.append(RuleError(
-                        "fault \"\(fault.name)\": certificate needs a listener with a tls: block", at: fault.source))
+                switch fault.action {
+                case .certificate, .handshake:
+                    if listener.tls == nil {
+                        errors.append(RuleError(
+                            "fault \"\(fault.name)\": \(fault.action.kind) needs a listener with a tls: block", at: fault.source))
+                    }
+                default:
+                    break
                 }
             }
             if let first = byName[fault.name] {

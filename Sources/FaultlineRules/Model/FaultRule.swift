@@ -87,6 +87,8 @@ public enum FaultAction: Sendable, Hashable {
     case abort(HTTPAbort)
     /// TLS listeners: present a bad certificate (expired, wrong host, ...) to the connection.
     case certificate(CertificateFault)
+    /// TLS listeners: disturb the handshake (close, delay, old protocol, client certificate).
+    case handshake(HandshakeFault)
 
     /// The rule key and metric label of the action.
     public var kind: String {
@@ -102,15 +104,16 @@ public enum FaultAction: Sendable, Hashable {
         case .slowClose: "slow_close"
         case .abort: "abort"
         case .certificate: "certificate"
+        case .handshake: "handshake"
         }
     }
 
     public static let kinds = [
         "latency", "bandwidth", "slicer", "reset", "refuse", "blackhole", "limit", "cut", "slow_close", "abort",
-        "certificate",
+        "certificate", "handshake",
     ]
     /// What a fault on an `http` listener may do; each acts on one request.
-    public static let httpKinds = ["latency", "abort", "reset", "limit", "blackhole", "bandwidth", "certificate"]
+    public static let httpKinds = ["latency", "abort", "reset", "limit", "blackhole", "bandwidth", "certificate", "handshake"]
     public static let tcpKinds = kinds.filter { $0 != "abort" }
 }
 

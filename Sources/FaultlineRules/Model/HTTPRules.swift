@@ -189,3 +189,26 @@ public struct CertificateFault: Sendable, Hashable {
         self.within = within
     }
 }
+
+/// What a `handshake` fault does to a TLS handshake.
+public enum HandshakeFaultKind: String, Sendable, Hashable, CaseIterable {
+    /// The TCP connection is closed as soon as the client's hello arrives.
+    case close
+    /// The handshake goes on after `delay`.
+    case delay
+    /// Only TLS 1.0 is offered: current clients refuse it (protocol version alert).
+    case old_protocol
+    /// A client certificate signed by Faultline's CA is required: clients without one fail.
+    case client_certificate
+}
+
+public struct HandshakeFault: Sendable, Hashable {
+    public var kind: HandshakeFaultKind
+    /// `delay` only.
+    public var delay: Duration
+
+    public init(kind: HandshakeFaultKind, delay: Duration = .zero) {
+        self.kind = kind
+        self.delay = delay
+    }
+}

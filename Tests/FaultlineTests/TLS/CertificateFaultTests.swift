@@ -11,7 +11,7 @@ import Testing
 @Suite struct CertificateFaultTests {
     /// A TLS listener in front of the demo service, its CA written to a file for the clients.
     func withTLSProxy(
-        faults: [CertificateFaultKind] = [], protocol proto: ListenerProtocol = .tcp,
+        faults: [CertificateFaultKind] = [], handshake: [HandshakeFault] = [], protocol proto: ListenerProtocol = .tcp,
         _ body: (_ daemon: Daemon, _ port: Int, _ caFile: String) async throws -> Void
     ) async throws {
         try await withHTTPProxy(
@@ -19,7 +19,7 @@ import Testing
                 FaultRule(
                     name: kind.rawValue, listener: "test",
                     action: .certificate(CertificateFault(kind: kind, within: .seconds(7200))))
-            },
+            } + handshake.map { FaultRule(name: $0.kind.rawValue, listener: "test", action: .handshake($0)) },
             configure: { rule in
                 rule.protocol = proto
                 rule.tls = TLSSettings(names: ["localhost", "127.0.0.1"])
@@ -64,6 +64,31 @@ import Testing
                 #expect(try await OpenSSL.verifyResult(port: port, caFile: caFile).contains(openSSLResult))
             }
             #expect(await daemon.injections(kind.rawValue) >= 1)
+        }
+    }
+
+    @Test(arguments: [
+        (HandshakeFault(kind: .close), Int32(35), "SSL_ERROR_SYSCALL"),
+        (HandshakeFault(kind: .old_protocol), Int32(35), "SSL routines"),
+        (HandshakeFault(kind: .client_certificate), Int32(56), "alert certificate required"),
+    ])
+    func handshakeFaultsAsTheClientSeesThem(_ fault: HandshakeFault, _ curlStatus: Int32, _ message: String) async throws {
+        try await withTLSProxy(handshake: [fault]) { daemon, port, caFile in
+            let result = try await curl(port, caFile)
+            #expect(result.status == curlStatus, "\(result.log)")
+            #expect(result.log.contains(message), "\(result.log)")
+            #expect(result.body.isEmpty)
+            #expect(await daemon.injections(fault.kind.rawValue) >= 1)
+        }
+    }
+
+    @Test func delayedHandshakeStillSucceeds() async throws {
+        try await withTLSProxy(handshake: [HandshakeFault(kind: .delay, delay: .milliseconds(300))]) { _, port, caFile in
+            let start = ContinuousClock.now
+            let result = try await curl(port, caFile)
+            let took = ContinuousClock.now - start
+            #expect(result.text == "hello from the Faultline demo service\n", "\(result.log)")
+            #expect(took >= .milliseconds(300) && took < .seconds(5), "took \(took)")
         }
     }
 
