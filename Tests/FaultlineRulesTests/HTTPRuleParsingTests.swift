@@ -85,7 +85,7 @@ struct HTTPRuleParsingTests {
             #"rules/h.yaml:15:5: fault "a": abort needs a listener with protocol: http"#,
             #"rules/h.yaml:16:5: fault "b": match needs a listener with protocol: http"#,
             #"rules/h.yaml:17:5: fault "c": latency.apply: response needs a listener with protocol: http"#,
-            #"rules/h.yaml:18:5: fault "d": slicer acts on TCP listeners; on an http listener use one of latency, abort, reset, limit, blackhole, bandwidth, certificate"#,
+            #"rules/h.yaml:18:5: fault "d": slicer acts on TCP listeners; on an http listener use one of latency, abort, reset, limit, blackhole, bandwidth, certificate, handshake"#,
             #"rules/h.yaml:19:5: fault "e": direction is for TCP listeners; on an http listener faults act on the request or its response"#,
             #"rules/h.yaml:20:5: fault "f": latency.apply on an http listener is request or response, not chunk"#,
             #"rules/h.yaml:21:5: fault "g": reset.after is for TCP listeners; on an http listener reset at once or after_bytes of the response body"#,

@@ -309,7 +309,7 @@ struct FaultRuleParsingTests {
             #"rules/f.yaml:9:22: faults[0].latency.delay: "200" is not a duration (write it with a unit: 250ms, 1.5s, 2m)"#,
             #"rules/f.yaml:13:5: faults[1]: one action per fault, found latency and bandwidth; write two faults"#,
             #"rules/f.yaml:16:15: faults[2].clients[0]: "10.0.0.0/33" is not an address block (10.0.0.0/8, 127.0.0.1, ::1/128)"#,
-            #"rules/f.yaml:14:5: faults[2]: a fault needs one action: latency, bandwidth, slicer, reset, refuse, blackhole, limit, cut, slow_close, abort, certificate"#,
+            #"rules/f.yaml:14:5: faults[2]: a fault needs one action: latency, bandwidth, slicer, reset, refuse, blackhole, limit, cut, slow_close, abort, certificate, handshake"#,
             #"rules/f.yaml:19:35: faults[3].slicer.variation: must be smaller than size (10)"#,
         ])
         let unknownListener = """
