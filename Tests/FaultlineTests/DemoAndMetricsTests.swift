@@ -10,16 +10,8 @@ import Glibc
 @Suite(.serialized)
 struct DemoAndMetricsTests {
     func curl(_ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["curl", "-sS", "--max-time", "10"] + arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let data = pipe.fileHandleForReading.readAllRetryingInterrupts()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        let result = try ChildProcess.runBlocking("curl", ["-sS", "--max-time", "10"] + arguments, deadline: .seconds(30))
+        return (result.status, result.text)
     }
 
     @Test func demoThroughTheProxyAndMetrics() async throws {

@@ -16,19 +16,8 @@ struct ChaosExperimentTests {
             .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("Chaos/run-experiment.sh").path
         let buildDirectory = DaemonProcess.binary.deletingLastPathComponent().path
-        let (status, output) = try await offThePool { () -> (Int32, String) in
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/bin/bash")
-            process.arguments = [script, buildDirectory]
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            process.standardError = pipe
-            process.standardInput = FileHandle.nullDevice
-            try process.run()
-            let data = pipe.fileHandleForReading.readAllRetryingInterrupts()
-            process.waitUntilExit()
-            return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-        }
+        let result = try await ChildProcess.run("/bin/bash", [script, buildDirectory], mergeError: true, deadline: .seconds(300))
+        let (status, output) = (result.status, result.text)
         #expect(status == 0, "\(output)")
         #expect(output.contains("chaos journal: deviated True"))
         #expect(output.contains("rollback succeeded"))

@@ -8,24 +8,10 @@ import Testing
 @Suite(.serialized)
 struct FaultctlBinaryTests {
     static func faultctl(_ arguments: [String], socket: String) async throws -> (status: Int32, output: String, error: String) {
-        try await offThePool {
-            let process = Process()
-            process.executableURL = DaemonProcess.binary.deletingLastPathComponent().appendingPathComponent("faultctl")
-            process.arguments = arguments
-            process.environment = ProcessInfo.processInfo.environment.merging(["FAULTLINE_SOCKET": socket]) { $1 }
-            let output = Pipe()
-            let errorFile = FileManager.default.temporaryDirectory.appendingPathComponent("faultctl-\(UUID().uuidString)").path
-            FileManager.default.createFile(atPath: errorFile, contents: nil)
-            defer { try? FileManager.default.removeItem(atPath: errorFile) }
-            process.standardOutput = output
-            process.standardError = FileHandle(forWritingAtPath: errorFile)
-            process.standardInput = FileHandle.nullDevice
-            try process.run()
-            let data = output.fileHandleForReading.readAllRetryingInterrupts()
-            process.waitUntilExit()
-            return (process.terminationStatus, String(decoding: data, as: UTF8.self),
-                    (try? String(contentsOfFile: errorFile, encoding: .utf8)) ?? "")
-        }
+        let result = try await ChildProcess.run(
+            DaemonProcess.binary.deletingLastPathComponent().appendingPathComponent("faultctl").path, arguments,
+            environment: ProcessInfo.processInfo.environment.merging(["FAULTLINE_SOCKET": socket]) { $1 })
+        return (result.status, result.text, result.error)
     }
 
     @Test func everyVerbAgainstTheDaemon() async throws {

@@ -8,7 +8,7 @@ import Glibc
 /// The built `faultlined` binary run as a child process, with its log lines readable as they
 /// come, for end-to-end tests (exit codes, signals, messages a user sees).
 final class DaemonProcess: Sendable {
-    let process: Process
+    private let process: SpawnedProcess
     private let lines: AsyncStream<String>
     private let allOutput = TextBuffer()
     private let stdoutText = TextBuffer()
@@ -29,29 +29,26 @@ final class DaemonProcess: Sendable {
     }
 
     init(_ arguments: [String], environment: [String: String] = [:]) throws {
-        process = Process()
-        process.executableURL = Self.binary
         // Daemons of tests running side by side must not share the default control socket.
-        process.arguments = arguments.contains("--control-socket") || arguments.first == "ca" ? arguments : arguments + ["--no-control"]
-        if !environment.isEmpty {
-            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let arguments = arguments.contains("--control-socket") || arguments.first == "ca" ? arguments : arguments + ["--no-control"]
+        let errorPipe = try outputPipe()
+        let outputPipe = try FaultlineTests.outputPipe()
+        let stdin = try openCloseOnExec("/dev/null", O_RDONLY)
+        defer {
+            close(stdin)
+            close(errorPipe.write)
+            close(outputPipe.write)
         }
-        let errorPipe = Pipe()
-        let outputPipe = Pipe()
-        process.standardError = errorPipe
-        process.standardOutput = outputPipe
-        process.standardInput = FileHandle.nullDevice
         let (stream, continuation) = AsyncStream<String>.makeStream()
         lines = stream
         let pending = TextBuffer()
         let all = allOutput
-        // Plain threads with read(2) (retried on EINTR) rather than Foundation's handlers,
-        // which crash on an interrupted read.
-        let errorHandle = errorPipe.fileHandleForReading
+        // Plain threads with read(2), retried on EINTR (a test process gets SIGCHLD whenever a
+        // child exits); each ends at end of file and closes its descriptor.
         Thread {
             var chunk = [UInt8](repeating: 0, count: 16384)
             while true {
-                let count = read(errorHandle.fileDescriptor, &chunk, chunk.count)
+                let count = read(errorPipe.read, &chunk, chunk.count)
                 if count < 0, errno == EINTR { continue }
                 guard count > 0 else { break }
                 let text = String(decoding: chunk[0..<count], as: UTF8.self)
@@ -64,25 +61,29 @@ final class DaemonProcess: Sendable {
                 }
                 for line in complete { continuation.yield(line) }
             }
+            close(errorPipe.read)
             continuation.finish()
         }.start()
         let out = stdoutText
-        let outputHandle = outputPipe.fileHandleForReading
         Thread {
             var chunk = [UInt8](repeating: 0, count: 16384)
             while true {
-                let count = read(outputHandle.fileDescriptor, &chunk, chunk.count)
+                let count = read(outputPipe.read, &chunk, chunk.count)
                 if count < 0, errno == EINTR { continue }
                 guard count > 0 else { break }
                 out.text.withLock { $0 += String(decoding: chunk[0..<count], as: UTF8.self) }
             }
+            close(outputPipe.read)
         }.start()
-        try process.run()
+        process = try SpawnedProcess(
+            Self.binary.path, arguments,
+            environment: environment.isEmpty ? nil : ProcessInfo.processInfo.environment.merging(environment) { $1 },
+            stdin: stdin, stdout: outputPipe.write, stderr: errorPipe.write)
     }
 
     /// A test that stops early (a thrown error) must not leave its daemon running.
     deinit {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.signal(SIGKILL)
     }
 
     /// Everything written to standard error so far.
@@ -108,22 +109,13 @@ final class DaemonProcess: Sendable {
     }
 
     func signal(_ number: Int32) {
-        kill(process.processIdentifier, number)
+        process.signal(number)
     }
 
     /// Waits for the process to exit (at most `timeout`, then kills it) and returns its status.
     func waitForExit(timeout: Duration = .seconds(30)) async -> Int32 {
-        let deadline = ContinuousClock.now + timeout
-        while process.isRunning {
-            if ContinuousClock.now > deadline {
-                process.terminate()
-                kill(process.processIdentifier, SIGKILL)
-                break
-            }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        process.waitUntilExit()
-        return process.terminationStatus
+        await process.wait(deadline: timeout)
+        return process.exitCode ?? -1
     }
 
     /// Runs the binary to completion (for `--check` and start errors).

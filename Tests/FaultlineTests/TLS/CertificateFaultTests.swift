@@ -106,22 +106,8 @@ import Testing
 /// The system's openssl as an independent TLS client.
 enum OpenSSL {
     static func run(_ arguments: [String], input: String = "") async throws -> (status: Int32, output: String) {
-        try await offThePool {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = ["timeout", "10", "openssl"] + arguments
-            let output = Pipe()
-            let stdin = Pipe()
-            process.standardOutput = output
-            process.standardError = output
-            process.standardInput = stdin
-            try process.run()
-            stdin.fileHandleForWriting.write(Data(input.utf8))
-            try? stdin.fileHandleForWriting.close()
-            let data = output.fileHandleForReading.readAllRetryingInterrupts()
-            process.waitUntilExit()
-            return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-        }
+        let result = try await ChildProcess.run("openssl", arguments, input: input, mergeError: true, deadline: .seconds(15))
+        return (result.status, result.text)
     }
 
     static func verifyResult(port: Int, caFile: String) async throws -> String {
