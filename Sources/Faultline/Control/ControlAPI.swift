@@ -14,7 +14,7 @@ import NIOHTTP1
 ///   DELETE /v1/faults/NAME            removes a runtime fault
 ///   POST   /v1/faults/NAME/enable     {"for": "60s"} optional: reverts by itself after that
 ///   POST   /v1/faults/NAME/disable    likewise
-///   POST   /v1/reset                  drops every runtime change at once
+///   POST   /v1/reset                  drops every runtime fault change at once
 ///   POST   /v1/reload                 reloads the rule files now
 ///   GET    /v1/ca                     the CA certificate (PEM) that TLS listeners chain to
 public struct ControlAPI: Sendable {
@@ -63,7 +63,7 @@ public struct ControlAPI: Sendable {
                     return try await createFault(request.body)
                 case ("reset", .POST):
                     let before = daemon.reloader.overlay
-                    try await change { overlay, _ in overlay = RuntimeOverlay() }
+                    try await change { overlay, _ in overlay.dropFaultChanges() }
                     return try json(["reset": ["overrides": before.overrides.count, "faults": before.faults.count]])
                 case ("ca", .GET):
                     do {
@@ -124,6 +124,7 @@ public struct ControlAPI: Sendable {
     struct RuntimeView: Encodable {
         var overrides: Int
         var faults: Int
+        var listeners: Int
     }
 
     struct ReloadView: Encodable {
@@ -146,6 +147,10 @@ public struct ControlAPI: Sendable {
         var listen: String
         var upstream: String
         var connections_open: Int
+        /// `file`, or `runtime` for a listener made at run time (a Toxiproxy proxy).
+        var source: String
+        /// Where it came from: `file` or the runtime origin (`toxiproxy`).
+        var origin: String
     }
 
     struct FaultView: Encodable {
@@ -173,16 +178,20 @@ public struct ControlAPI: Sendable {
             rules: RulesView(
                 directory: daemon.reloader.directory, files: files.files, faults: files.faults.count,
                 last_reload: daemon.reloader.lastReload.map(ReloadView.init)),
-            runtime: RuntimeView(overrides: overlay.overrides.count, faults: overlay.faults.count))
+            runtime: RuntimeView(
+                overrides: overlay.overrides.count, faults: overlay.faults.count, listeners: overlay.listeners.count))
     }
 
     func listeners() async -> [ListenerView] {
         var views: [ListenerView] = []
+        let runtime = Dictionary(
+            daemon.reloader.overlay.listeners.map { ($0.rule.name, $0.origin) }, uniquingKeysWith: { first, _ in first })
         for listener in daemon.proxy.listeners {
             let rule = listener.rule
             views.append(ListenerView(
                 name: rule.name, protocol: rule.protocol.rawValue, listen: "\(rule.listen)",
-                upstream: "\(rule.upstream)", connections_open: await listener.openConnections()))
+                upstream: "\(rule.upstream)", connections_open: await listener.openConnections(),
+                source: runtime[rule.name] == nil ? "file" : "runtime", origin: runtime[rule.name] ?? "file"))
         }
         return views
     }
@@ -251,6 +260,8 @@ public struct ControlAPI: Sendable {
             throw ControlError(.notFound, "not_found", "no fault named \"\(name)\"", field: "name")
         case .failure(.invalid(let field, let message)):
             throw ControlError(.unprocessableEntity, "invalid", message, field: field)
+        case .failure(let error):
+            throw ControlError(.unprocessableEntity, "invalid", error.description, field: "listener")
         }
     }
 

@@ -26,6 +26,8 @@ public struct DaemonOptions: Sendable {
     /// The control API on a loopback TCP address too (for Chaos Toolkit's HTTP provider, which
     /// cannot reach a UNIX socket); nil for none (the default).
     public var controlAddress: HostPort?
+    /// Where the Toxiproxy-compatible API listens; nil for none (the default).
+    public var toxiproxyAddress: HostPort?
     /// The socket file's mode: 0600 (owner only) unless a group is given access (0660).
     public var controlSocketMode: mode_t = 0o600
     /// Where Faultline keeps its CA (`ca.pem`, `ca-key.pem`); nil for a CA in memory only.
@@ -49,6 +51,7 @@ public final class Daemon: Sendable {
     private let logger: Logger
     private let control = Mutex<(server: SmallHTTPServer, path: String)?>(nil)
     private let controlTCP = Mutex<SmallHTTPServer?>(nil)
+    private let toxiproxy = Mutex<SmallHTTPServer?>(nil)
     public let startedAt = ContinuousClock.now
 
     private init(group: MultiThreadedEventLoopGroup, metrics: FaultlineMetrics, proxy: ProxyService,
@@ -98,7 +101,7 @@ public final class Daemon: Sendable {
         reloader.startWatching()
         let daemon = Daemon(group: group, metrics: metrics, proxy: proxy, reloader: reloader, metricsServer: metricsServer,
                             demoServer: demo, logger: logger)
-        if options.controlSocket != nil || options.controlAddress != nil {
+        if options.controlSocket != nil || options.controlAddress != nil || options.toxiproxyAddress != nil {
             do {
                 if let path = options.controlSocket {
                     try await daemon.bindControlSocket(path: path, mode: options.controlSocketMode)
@@ -108,6 +111,12 @@ public final class Daemon: Sendable {
                     let server = try await bindServer("control API", address, group: group, handler: api.handler)
                     daemon.controlTCP.withLock { $0 = server }
                     logger.info("control API listening", metadata: ["address": "\(server.localAddress)"])
+                }
+                if let address = options.toxiproxyAddress {
+                    let api = ToxiproxyAPI(daemon: daemon)
+                    let server = try await bindServer("Toxiproxy API", address, group: group, handler: api.handler)
+                    daemon.toxiproxy.withLock { $0 = server }
+                    logger.info("Toxiproxy-compatible API listening", metadata: ["address": "\(server.localAddress)"])
                 }
             } catch {
                 await daemon.shutdown()
@@ -119,6 +128,9 @@ public final class Daemon: Sendable {
 
     /// The control socket's server, once bound.
     public var controlServer: SmallHTTPServer? { control.withLock { $0?.server } }
+
+    /// The Toxiproxy-compatible API, if asked for.
+    public var toxiproxyServer: SmallHTTPServer? { toxiproxy.withLock { $0 } }
 
     /// The control API on TCP, if asked for.
     public var controlTCPServer: SmallHTTPServer? { controlTCP.withLock { $0 } }
@@ -163,6 +175,7 @@ public final class Daemon: Sendable {
         if let demoServer { services.append(.init(service: HTTPServerService(server: demoServer))) }
         if let controlServer { services.append(.init(service: HTTPServerService(server: controlServer))) }
         if let controlTCPServer { services.append(.init(service: HTTPServerService(server: controlTCPServer))) }
+        if let toxiproxyServer { services.append(.init(service: HTTPServerService(server: toxiproxyServer))) }
         services.append(.init(service: proxy))
         services.append(.init(service: reloader))
         let serviceGroup = ServiceGroup(
@@ -187,6 +200,7 @@ public final class Daemon: Sendable {
         reloader.stopWatching()
         await controlServer?.close()
         await controlTCPServer?.close()
+        await toxiproxyServer?.close()
         removeControlSocket()
         await proxy.drain(gracePeriod: gracePeriod)
         await demoServer?.close()

@@ -79,11 +79,12 @@ public final class FaultlineMetrics: Sendable {
     }
 
     /// Counts each time a fault acts on a connection (once per connection and rule).
-    func faultInjections(listener: String, fault: String, kind: String) -> Counter {
+    /// `source` says where the rule came from: `file`, `control`, `toxiproxy` or `header`.
+    func faultInjections(listener: String, fault: String, kind: String, source: String) -> Counter {
         registry.makeCounter(
             descriptor: .init(namespace: "faultline", metricName: "faults_injected", unitName: "total",
-                              helpText: "Faults injected: each connection a fault acts on, by listener, fault rule and kind."),
-            labels: [("listener", listener), ("fault", fault), ("kind", kind)])
+                              helpText: "Faults injected: each connection a fault acts on, by listener, fault rule, kind and where the rule came from."),
+            labels: [("listener", listener), ("fault", fault), ("kind", kind), ("source", source)])
     }
 
     /// Prometheus text exposition of everything registered.

@@ -35,14 +35,15 @@ struct ListenerConfiguration: Sendable {
         self.metrics = metrics.listener(rule.name)
         var counters: [String: Counter] = [:]
         for fault in faults {
-            counters[fault.name] = metrics.faultInjections(listener: rule.name, fault: fault.name, kind: fault.action.kind)
+            counters[fault.name] = metrics.faultInjections(
+                listener: rule.name, fault: fault.name, kind: fault.action.kind, source: fault.origin)
         }
         self.injectionCounters = counters
         if rule.protocol == .http {
             http = metrics.http(rule.name)
             headerInjectionCounters = rule.http.headerFaults.enabled
                 ? Dictionary(uniqueKeysWithValues: ["latency", "abort"].map {
-                    ($0, metrics.faultInjections(listener: rule.name, fault: "header", kind: $0))
+                    ($0, metrics.faultInjections(listener: rule.name, fault: "header", kind: $0, source: "header"))
                 })
                 : [:]
         } else {

@@ -38,6 +38,18 @@ public final class ProxyListener: Sendable {
 
     public var rule: ListenerRule { configuration.value.withLock { $0.rule } }
 
+    /// True when this running listener can take `new` without rebinding: same name, protocol
+    /// and address, where a rule that names the port the kernel chose for port 0 (as a
+    /// Toxiproxy proxy reports it) is the same address.
+    func canTake(_ new: ListenerRule) -> Bool {
+        let current = rule
+        if current.sameSocket(as: new) { return true }
+        guard current.listen.port == 0, new.listen.port == boundAddress.port else { return false }
+        var resolved = current
+        resolved.listen.port = new.listen.port
+        return resolved.sameSocket(as: new)
+    }
+
     /// Binds the listener on every loop of `group`. Either every loop is listening or none is.
     static func start(
         rule: ListenerRule,

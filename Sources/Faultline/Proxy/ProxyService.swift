@@ -73,7 +73,7 @@ public final class ProxyService: Service, Sendable {
         var toUpdate: [(ProxyListener, ListenerRule)] = []
         var toRetire: [ProxyListener] = []
         for rule in rules.listeners {
-            if let existing = current[rule.name], existing.rule.sameSocket(as: rule) {
+            if let existing = current[rule.name], existing.canTake(rule) {
                 toUpdate.append((existing, rule))
             } else {
                 toStart.append(rule)
@@ -122,6 +122,15 @@ public final class ProxyService: Service, Sendable {
                 self.retired.withLock { $0[ObjectIdentifier(listener)] = nil }
             }
             retired[ObjectIdentifier(listener)] = (listener, watch)
+        }
+    }
+
+    /// Closes the open connections of a listener that was just removed or switched off, at
+    /// once, instead of letting them finish (a Toxiproxy proxy that is disabled or deleted).
+    public func closeConnections(ofRemoved name: String) async {
+        let removed = retired.withLock { $0.values.filter { $0.listener.name == name } }
+        for entry in removed {
+            await entry.listener.closeAllConnections()
         }
     }
 

@@ -211,13 +211,14 @@ public final class RuleReloader: Service, Sendable {
         }
         guard candidate != overlay else { return .success(()) }
         do {
-            try await proxy.updateFaults(candidate.effective(files))
+            try await proxy.apply(candidate.effective(files))
         } catch {
             return .failure(.invalid(field: nil, message: "\(error)"))
         }
         overlayState.withLock { $0 = candidate }
         logger.info("runtime faults changed", metadata: [
             "overrides": "\(candidate.overrides.count)", "runtime.faults": "\(candidate.faults.count)",
+            "runtime.listeners": "\(candidate.listeners.count)",
         ])
         return .success(())
     }

@@ -15,7 +15,7 @@ struct ListCommand: AsyncParsableCommand {
                 faults.map { fault in
                     let expires = (fault["expires_in_seconds"] as? Double).map { String(format: "%.0fs", $0) } ?? "-"
                     return ["\(fault["name"] ?? "")", "\(fault["listener"] ?? "")", "\(fault["kind"] ?? "")",
-                            "\(fault["source"] ?? "")", (fault["enabled"] as? Bool ?? false) ? "yes" : "no", expires,
+                            StatusCommand.source(fault), (fault["enabled"] as? Bool ?? false) ? "yes" : "no", expires,
                             "\(fault["injections"] ?? 0)"]
                 })
         }

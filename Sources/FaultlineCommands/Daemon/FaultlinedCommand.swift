@@ -68,6 +68,11 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Also serve the control API on this TCP address (off by default; keep it on loopback).")
     var controlAddress: HostPort?
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Serve a Toxiproxy-compatible API on this address, e.g. 127.0.0.1:8474 (off by default).",
+        discussion: "Toxiproxy clients, Testcontainers and chaostoolkit-toxiproxy then create proxies (runtime TCP listeners) and toxics (runtime faults). Keep it on loopback: it can open listeners."))
+    var toxiproxyApi: HostPort?
+
     @Flag(name: .long, help: "No control socket.")
     var noControl = false
 
@@ -146,6 +151,7 @@ struct ServeCommand: AsyncParsableCommand {
             options.controlSocket = ControlSocketPath.resolve(controlSocket)
         }
         options.controlAddress = controlAddress
+        options.toxiproxyAddress = toxiproxyApi
         options.stateDirectory = StateDirectory.resolve(stateDir)
         options.demoAddress = demo
         options.gracePeriod = grace.value

@@ -149,6 +149,16 @@ public struct FaultRule: Sendable, Hashable {
         self.source = source
     }
 
+    /// Where the rule came from, as the metrics label it: `file`, `control` (the control
+    /// socket) or `toxiproxy` (the Toxiproxy-compatible API).
+    public var origin: String {
+        switch source.file {
+        case Toxic.sourceFile: Toxic.origin
+        case "request", "<runtime>": "control"
+        default: "file"
+        }
+    }
+
     /// True when the client at `address` (4 or 16 bytes) is targeted.
     public func targets(clientAddress address: [UInt8]?) -> Bool {
         if clients.isEmpty { return true }

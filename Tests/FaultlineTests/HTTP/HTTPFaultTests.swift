@@ -184,7 +184,7 @@ import Testing
             let bad = try await Curl.run(["-i", "-H", "x-faultline-delay: soon", url])
             #expect(bad.text.hasPrefix("HTTP/1.1 400 Bad Request"))
             #expect(bad.text.contains(#"x-faultline-delay: "soon" is not a duration"#))
-            #expect(await daemon.metric(#"faultline_faults_injected_total{listener="test",fault="header",kind="abort"}"#) == 1)
+            #expect(await daemon.metric(#"faultline_faults_injected_total{listener="test",fault="header",kind="abort",source="header"}"#) == 1)
         }
         // Limited to other clients: the header is ignored for 127.0.0.1.
         try await withHTTPProxy(configure: {
