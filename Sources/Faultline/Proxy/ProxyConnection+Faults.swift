@@ -2,10 +2,16 @@ import FaultlineRules
 import NIOCore
 
 /// The state of one direction of a connection while faults act on it: the chunks read but not
-/// yet passed on, and what the faults have done so far. Reads in the direction stop while its
-/// queue is not empty, so the queue never holds more than one read burst: back-pressure holds
-/// through every fault, and a delayed byte is never an unbounded buffer.
+/// yet passed on, and what the faults have done so far. Reads in the direction go on while the
+/// queue holds less than `readAheadBytes` (and `readAheadChunks`), then stop until it drains
+/// below that: back-pressure holds through every fault and a delayed byte is never an
+/// unbounded buffer, yet chunks that arrive within one latency window each wait the latency
+/// from their own arrival, as with Toxiproxy, instead of one after another (a response read
+/// in three chunks is delayed once, not three times).
 struct FlowState {
+    static let readAheadBytes = 64 * 1024
+    static let readAheadChunks = 32
+
     struct PendingChunk {
         var buffer: ByteBuffer
         /// Not before this instant (latency).
@@ -14,6 +20,9 @@ struct FlowState {
 
     var faults = DirectionFaults()
     var queue = CircularBuffer<PendingChunk>(initialCapacity: 4)
+    /// Bytes in `queue`.
+    var queuedBytes = 0
+    var mayReadAhead: Bool { queue.count < Self.readAheadChunks && queuedBytes < Self.readAheadBytes }
     /// The pump is waiting for this timer (latency, bandwidth pacing, a slicer's gap).
     var timer: Scheduled<Void>?
     /// Bytes taken into the direction, for `limit` and `reset.after_bytes`.
@@ -111,7 +120,7 @@ extension ProxyConnection {
     func mayReadWithFaults(_ side: ProxySide) -> Bool {
         let flow = flows[side.outgoingDirection.index]
         if flow.faults.blackhole { return true }  // read and drop: memory stays flat
-        guard flow.queue.isEmpty, flow.endWhenDrained == nil else { return false }
+        guard flow.mayReadAhead, flow.endWhenDrained == nil else { return false }
         return handler(side.partner)?.isWritable ?? false
     }
 
@@ -140,6 +149,7 @@ extension ProxyConnection {
         }
         let releaseAt: NIODeadline? = delay > 0 ? .now() + .nanoseconds(delay) : nil
         flows[index].queue.append(FlowState.PendingChunk(buffer: chunk, releaseAt: releaseAt))
+        flows[index].queuedBytes += chunk.readableBytes
         pump(direction)
     }
 
@@ -175,8 +185,12 @@ extension ProxyConnection {
             let piece = head.buffer.readSlice(length: length)!
             target.write(piece)
             wrote = true
+            flows[index].queuedBytes -= length
             if head.buffer.readableBytes == 0 {
                 flows[index].queue.removeFirst()
+                // Below the read-ahead bound again: the source may go on reading.
+                let source = direction.target.partner
+                if !flows[index].queue.isEmpty, mayRead(source) { handler(source)?.resumeReading() }
             } else {
                 flows[index].queue[flows[index].queue.startIndex] = head
             }

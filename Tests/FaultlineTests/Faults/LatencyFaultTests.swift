@@ -28,6 +28,37 @@ import Glibc
         }
     }
 
+    /// Chunks that arrive within one latency window each wait the latency from their own
+    /// arrival (as with Toxiproxy): three chunks 40 ms apart arrive about 500 ms after the
+    /// last. Held one after another, the second would wait for the first to leave, and what
+    /// piled up meanwhile for the second: 1 s at least.
+    @Test func chunksInOneWindowAreDelayedOnceNotOneAfterAnother() async throws {
+        let faults = [FaultRule.on("slow", .latency(LatencyFault(delay: .milliseconds(500))), direction: .downstream)]
+        try await withFaultProxy(faults: faults) { _, port, group in
+            let client = try await LineClient.connect(port: port, group: group)
+            let took = try await offThePool { () -> Duration in
+                let start = ContinuousClock.now
+                for piece in ["one ", "two ", "three\n"] {
+                    let bytes = Array(piece.utf8)
+                    _ = send(client.fd, bytes, bytes.count, Int32(MSG_NOSIGNAL))
+                    usleep(40_000)
+                }
+                var received: [UInt8] = []
+                var chunk = [UInt8](repeating: 0, count: 256)
+                while received.last != UInt8(ascii: "\n") {
+                    let count = recv(client.fd, &chunk, chunk.count, 0)
+                    guard count > 0 else { break }
+                    received += chunk[0..<count]
+                }
+                #expect(String(decoding: received, as: UTF8.self) == "one two three\n")
+                return ContinuousClock.now - start
+            }
+            #expect(took >= .milliseconds(580))  // the last piece was sent at 80 ms
+            #expect(took < .milliseconds(900))  // one after another: 1000 ms at least
+            try await client.close()
+        }
+    }
+
     @Test func latencyInBothDirectionsAddsUp() async throws {
         let faults = [FaultRule.on("slow", .latency(latency200), direction: .both)]
         try await withFaultProxy(faults: faults) { _, port, group in

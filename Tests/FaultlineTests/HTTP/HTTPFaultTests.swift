@@ -39,9 +39,9 @@ import Testing
                 #expect(result.status == 0)
                 #expect(took >= .milliseconds(200) && took < .seconds(3), "\(path) took \(took)")
             }
-            let start = ContinuousClock.now
+            // A request neither rule matches is not delayed: the counts stay at one each
+            // (a timing check here would measure curl's start on a busy machine).
             _ = try await Curl.run(["http://127.0.0.1:\(port)/status/204"])
-            #expect(ContinuousClock.now - start < .milliseconds(200))
             #expect(await daemon.injections("slow-request") == 1)
             #expect(await daemon.injections("slow-response") == 1)
         }
