@@ -69,7 +69,13 @@ public final class SmallHTTPServer: Sendable {
         tooLarge: @escaping @Sendable (Int) -> SmallHTTPResponse = SmallHTTPServer.tooLargeText,
         handler: @escaping Handler
     ) async throws -> SmallHTTPServer {
-        var bootstrap = ServerBootstrap(group: group)
+        // Out of descriptors, accept(2) fails at once and again: pause accepting for a second
+        // instead of spinning (see `AcceptBackoff`).
+        var bootstrap = ServerBootstrap(group: group).serverChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(AcceptBackoff())
+            }
+        }
         if address.protocol != .unix {
             bootstrap = bootstrap.serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
         }

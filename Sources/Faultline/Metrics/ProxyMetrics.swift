@@ -44,7 +44,15 @@ public final class FaultlineMetrics: Sendable {
                 descriptor: .init(namespace: "faultline", metricName: "connection_duration", unitName: "seconds",
                                   helpText: "Lifetime of client connections, accept to close."),
                 labels: labels,
-                buckets: Self.durationBuckets)
+                buckets: Self.durationBuckets),
+            rejectedOverLimit: registry.makeCounter(
+                descriptor: .init(namespace: "faultline", metricName: "connections_rejected", unitName: "total",
+                                  helpText: "Connections closed at accept, by reason (max_connections: the listener was full)."),
+                labels: labels + [("reason", "max_connections")]),
+            acceptErrors: registry.makeCounter(
+                descriptor: .init(namespace: "faultline", metricName: "accept_errors", unitName: "total",
+                                  helpText: "accept(2) failures, such as running out of file descriptors; accepting backs off and resumes."),
+                labels: labels)
         )
     }
 
@@ -105,9 +113,14 @@ struct ListenerMetrics: Sendable {
     let bytesDownstream: Counter
     private let connectFailuresByReason: [UpstreamFailureReason: Counter]
     let duration: DurationHistogram
+    let rejectedOverLimit: Counter
+    let acceptErrors: Counter
 
     init(accepted: Counter, open: Gauge, bytesUpstream: Counter, bytesDownstream: Counter,
-         connectFailures: [UpstreamFailureReason: Counter], duration: DurationHistogram) {
+         connectFailures: [UpstreamFailureReason: Counter], duration: DurationHistogram,
+         rejectedOverLimit: Counter, acceptErrors: Counter) {
+        self.rejectedOverLimit = rejectedOverLimit
+        self.acceptErrors = acceptErrors
         self.accepted = accepted
         self.open = open
         self.bytesUpstream = bytesUpstream

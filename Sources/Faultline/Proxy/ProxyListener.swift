@@ -70,6 +70,7 @@ public final class ProxyListener: Sendable {
             throw ListenerStartError(listener: rule.name, address: rule.listen, reason: error.description)
         }
         let loops = Array(group.makeIterator())
+        let listenerGuard = ListenerGuard(logger: logger)
         var acceptors: [Acceptor] = []
         var address: SocketAddress
         do {
@@ -81,7 +82,8 @@ public final class ProxyListener: Sendable {
             for (index, loop) in loops.enumerated() {
                 let tracker = ConnectionTracker(eventLoop: loop, loopIndex: index, loopCount: loops.count, seed: seed)
                 let channel = try await Self.bind(
-                    address: address, loop: loop, tracker: tracker, configuration: configurationBox, logger: logger)
+                    address: address, loop: loop, tracker: tracker, configuration: configurationBox,
+                    listenerGuard: listenerGuard, logger: logger)
                 if index == 0, let bound = channel.localAddress {
                     // Port 0: every other loop binds the port the kernel chose for the first.
                     address = bound
@@ -111,9 +113,24 @@ public final class ProxyListener: Sendable {
         loop: EventLoop,
         tracker: ConnectionTracker,
         configuration: ConfigurationBox,
+        listenerGuard: ListenerGuard,
         logger: Logger
     ) async throws -> Channel {
-        try await ServerBootstrap(group: loop)
+        let acceptErrors = configuration.value.withLock { $0.metrics.acceptErrors }
+        return try await ServerBootstrap(group: loop)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    // Out of descriptors, accept(2) fails at once and again: pause accepting
+                    // for a second instead of spinning; count and log once per episode.
+                    try channel.pipeline.syncOperations.addHandler(
+                        AcceptBackoff(
+                            failed: { error in
+                                acceptErrors.increment()
+                                listenerGuard.acceptFailed(error)
+                            },
+                            succeeded: { listenerGuard.acceptSucceeded() }))
+                }
+            }
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(ChannelOptions.Types.SocketOption(
@@ -126,6 +143,11 @@ public final class ProxyListener: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     // The configuration is read once, here: the connection keeps it for life.
                     let listener = configuration.value.withLock { $0 }
+                    guard listenerGuard.admit(channel, limit: listener.rule.maxConnections, rejected: listener.metrics.rejectedOverLimit)
+                    else {
+                        ProxyConnection.reset(channel)
+                        return
+                    }
                     if let tls = listener.tls {
                         // The certificate is chosen once, for the connection's one handshake.
                         let choice = tls.choose(

@@ -142,6 +142,16 @@ struct NodeReader {
         return value
     }
 
+    /// A whole number of things (connections): `10000`, at least `minimum`.
+    mutating func count(_ entry: Fields.Entry, minimum: Int = 0) -> Int? {
+        guard let text = string(entry) else { return nil }
+        guard let value = Int(text.replacingOccurrences(of: "_", with: "")), value >= minimum else {
+            report("\(entry.path): \"\(text)\" is not a whole number of at least \(minimum)", at: entry.value)
+            return nil
+        }
+        return value
+    }
+
     mutating func cidrList(_ entry: Fields.Entry) -> [CIDR]? {
         guard let items = sequence(entry) else { return nil }
         var blocks: [CIDR] = []

@@ -4,7 +4,7 @@ import Yams
 /// need the whole folder (duplicate names, two listeners on one address) are `RuleLoader`'s.
 public struct RuleFileParser {
     static let topLevelKeys = ["listeners", "faults"]
-    static let listenerKeys = ["name", "listen", "upstream", "protocol", "timeouts", "http", "tls"]
+    static let listenerKeys = ["name", "listen", "upstream", "protocol", "timeouts", "http", "tls", "max_connections"]
     static let timeoutKeys = ["connect", "idle"]
 
     public struct Result: Sendable {
@@ -104,6 +104,10 @@ public struct RuleFileParser {
                 idleTimeout = value
             }
         }
+        var maxConnections = ListenerRule.defaultMaxConnections
+        if let entry = fields["max_connections"], let value = reader.count(entry, minimum: 1) {
+            maxConnections = value
+        }
         guard reader.errors.count == errorsBefore, let name, let listen, let upstream else { return nil }
         return ListenerRule(
             name: name,
@@ -112,6 +116,7 @@ public struct RuleFileParser {
             protocol: proto,
             connectTimeout: connectTimeout,
             idleTimeout: idleTimeout,
+            maxConnections: maxConnections,
             http: http,
             tls: tls,
             source: reader.location(of: node)

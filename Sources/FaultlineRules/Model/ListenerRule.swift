@@ -9,6 +9,9 @@ public enum ListenerProtocol: String, Sendable, Hashable, CaseIterable {
 public struct ListenerRule: Sendable, Hashable {
     public static let defaultConnectTimeout: Duration = .seconds(5)
     public static let defaultIdleTimeout: Duration = .seconds(3600)
+    /// Each open connection holds two descriptors and at most about 200 KiB of buffers;
+    /// 10,000 fits the systemd unit's LimitNOFILE=65536 with room for every other listener.
+    public static let defaultMaxConnections = 10_000
 
     public var name: String
     public var listen: HostPort
@@ -18,6 +21,8 @@ public struct ListenerRule: Sendable, Hashable {
     public var connectTimeout: Duration
     /// A connection with no byte in either direction for this long is closed.
     public var idleTimeout: Duration
+    /// Open connections beyond this many are closed (reset) as soon as they are accepted.
+    public var maxConnections: Int
     /// `http` listeners only.
     public var http: HTTPSettings
     /// TLS termination with Faultline's CA; nil for plain TCP/HTTP.
@@ -32,6 +37,7 @@ public struct ListenerRule: Sendable, Hashable {
         protocol: ListenerProtocol = .tcp,
         connectTimeout: Duration = ListenerRule.defaultConnectTimeout,
         idleTimeout: Duration = ListenerRule.defaultIdleTimeout,
+        maxConnections: Int = ListenerRule.defaultMaxConnections,
         http: HTTPSettings = HTTPSettings(),
         tls: TLSSettings? = nil,
         source: SourceLocation = SourceLocation(file: "<command line>", line: 1, column: 1)
@@ -42,6 +48,7 @@ public struct ListenerRule: Sendable, Hashable {
         self.protocol = `protocol`
         self.connectTimeout = connectTimeout
         self.idleTimeout = idleTimeout
+        self.maxConnections = maxConnections
         self.http = http
         self.tls = tls
         self.source = source

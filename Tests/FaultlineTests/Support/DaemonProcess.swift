@@ -28,7 +28,8 @@ final class DaemonProcess: Sendable {
         return URL(fileURLWithPath: ".build/debug/faultlined")
     }
 
-    init(_ arguments: [String], environment: [String: String] = [:]) throws {
+    /// `launcher` runs the binary through another program that execs it (`prlimit ... --`).
+    init(_ arguments: [String], environment: [String: String] = [:], launcher: [String] = []) throws {
         // Daemons of tests running side by side must not share the default control socket.
         let arguments = arguments.contains("--control-socket") || arguments.first == "ca" ? arguments : arguments + ["--no-control"]
         let errorPipe = try outputPipe()
@@ -76,7 +77,7 @@ final class DaemonProcess: Sendable {
             close(outputPipe.read)
         }.start()
         process = try SpawnedProcess(
-            Self.binary.path, arguments,
+            launcher.first ?? Self.binary.path, launcher.isEmpty ? arguments : Array(launcher.dropFirst()) + [Self.binary.path] + arguments,
             environment: environment.isEmpty ? nil : ProcessInfo.processInfo.environment.merging(environment) { $1 },
             stdin: stdin, stdout: outputPipe.write, stderr: errorPipe.write)
     }
@@ -106,6 +107,17 @@ final class DaemonProcess: Sendable {
             group.cancelAll()
             return first
         }
+    }
+
+    /// CPU time (user + system) the process has used so far.
+    var cpuSeconds: Double {
+        guard let stat = try? String(contentsOfFile: "/proc/\(process.pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return 0 }
+        // Fields after the command name: state is field 3; utime and stime are 14 and 15.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
     func signal(_ number: Int32) {

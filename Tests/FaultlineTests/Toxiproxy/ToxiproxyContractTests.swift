@@ -239,6 +239,10 @@ import Testing
             let slow = try await client.timedExchange("during")
             #expect(slow.reply == "during")
             #expect(slow.took >= .milliseconds(200) && slow.took < .seconds(3))
+            // Counted like any other fault, marked as the Toxiproxy API's.
+            let metrics = await api.daemon.metricsText()
+            #expect(metrics.contains(
+                #"faultline_faults_injected_total{listener="lat",fault="lat:latency_downstream",kind="latency",source="toxiproxy"} 1"#))
             // A `timeout` toxic swallows; deleting it lets the same connection talk again
             // (Toxiproxy closes the connection instead).
             #expect(try await api.call("DELETE", "/proxies/lat/toxics/latency_downstream").status == 204)
