@@ -4,7 +4,9 @@ import Glibc
 
 /// Makes a control socket path ready to bind: its folder exists (created 0755 if missing), a
 /// stale socket left by a crashed daemon is removed, and a live one (another daemon) or a file
-/// that is not a socket stops the start instead of being clobbered.
+/// that is not a socket stops the start instead of being clobbered. A folder that others may
+/// write to (world-writable without the sticky bit, or owned by another user) stops the start
+/// too: whoever can write there can replace the socket and take the daemon's callers.
 enum ControlSocketFile {
     static func prepare(_ path: String) throws {
         guard path.utf8.count < 108 else {
@@ -16,6 +18,7 @@ enum ControlSocketFile {
                 throw DaemonStartError(description: "cannot create \(folder) for the control socket: \(String(cString: strerror(errno)))")
             }
         }
+        try checkFolder(folder.isEmpty ? "/" : folder)
         var info = stat()
         guard lstat(path, &info) == 0 else { return }  // nothing there
         guard (info.st_mode & S_IFMT) == S_IFSOCK else {
@@ -25,6 +28,20 @@ enum ControlSocketFile {
             throw DaemonStartError(description: "control socket \(path) is in use (is another faultlined running?)")
         }
         unlink(path)
+    }
+
+    static func checkFolder(_ folder: String) throws {
+        var info = stat()
+        guard stat(folder, &info) == 0 else {
+            throw DaemonStartError(description: "cannot inspect \(folder), the control socket's folder: \(String(cString: strerror(errno)))")
+        }
+        let mode = info.st_mode
+        if (mode & S_IWOTH) != 0 && (mode & S_ISVTX) == 0 {
+            throw DaemonStartError(description: "control socket folder \(folder) is world-writable: anyone could replace the socket; use a private folder (--control-socket)")
+        }
+        if info.st_uid != geteuid() && info.st_uid != 0 {
+            throw DaemonStartError(description: "control socket folder \(folder) belongs to another user (uid \(info.st_uid)); use a folder of your own (--control-socket)")
+        }
     }
 
     static func isListening(_ path: String) -> Bool {

@@ -19,7 +19,10 @@ enum RawClient {
         var elapsed: Duration = .zero
     }
 
-    static func run(port: Int, send: Int = 0, halfClose: Bool = false, timeout: Duration = .seconds(10)) -> Result {
+    /// Sends `send` bytes of `a` (or `payload`), half-closes if asked, and reads to the end.
+    static func run(
+        port: Int, send: Int = 0, payload: [UInt8]? = nil, halfClose: Bool = false, timeout: Duration = .seconds(10)
+    ) -> Result {
         let start = ContinuousClock.now
         var result = Result()
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -41,8 +44,8 @@ enum RawClient {
             result.end = .refused
             return result
         }
-        if send > 0 {
-            let bytes = [UInt8](repeating: 0x61, count: send)
+        if send > 0 || payload != nil {
+            let bytes = payload ?? [UInt8](repeating: 0x61, count: send)
             if Glibc.send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL)) < 0, errno == ECONNRESET || errno == EPIPE {
                 result.end = .reset
                 result.elapsed = ContinuousClock.now - start
@@ -87,5 +90,11 @@ func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async t
 extension RawClient {
     static func run(port: Int, send: Int = 0, halfClose: Bool = false, timeout: Duration = .seconds(10)) async -> Result {
         (try? await offThePool { run(port: port, send: send, halfClose: halfClose, timeout: timeout) as Result }) ?? Result(end: .refused)
+    }
+
+    /// Sends `text` as it is (raw HTTP, garbage) and reads whatever comes back until the end.
+    static func send(port: Int, _ text: String, timeout: Duration = .seconds(10)) async -> Result {
+        let bytes = Array(text.utf8)
+        return (try? await offThePool { run(port: port, payload: bytes, timeout: timeout) as Result }) ?? Result(end: .refused)
     }
 }
