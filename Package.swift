@@ -63,6 +63,9 @@ let package = Package(
         ),
         .executableTarget(name: "faultlined", dependencies: ["FaultlineCommands"]),
         .executableTarget(name: "faultctl", dependencies: ["FaultlineCommands"]),
+        // libFuzzer target for the rule parsers (see README, Fuzzing): built with
+        // `-Xswiftc -sanitize=fuzzer -Xswiftc -DFUZZING`; a plain build replays files.
+        .executableTarget(name: "faultline-fuzz", dependencies: ["FaultlineRules"]),
         .testTarget(name: "FaultlineRulesTests", dependencies: ["FaultlineRules"]),
         .testTarget(
             name: "FaultlineTests",

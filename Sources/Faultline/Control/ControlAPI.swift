@@ -32,6 +32,11 @@ public struct ControlAPI: Sendable {
         { request in await self.handle(request) }
     }
 
+    /// The one error shape, also for requests the HTTP parser rejects.
+    public static var malformed: SmallHTTPResponse {
+        ControlError(.badRequest, "bad_request", "malformed HTTP request").response
+    }
+
     /// The one error shape, also for bodies over the limit.
     @Sendable public static func tooLarge(_ limit: Int) -> SmallHTTPResponse {
         ControlError(.payloadTooLarge, "too_large", "request body larger than \(limit) bytes").response

@@ -108,13 +108,16 @@ public final class Daemon: Sendable {
                 }
                 if let address = options.controlAddress {
                     let api = ControlAPI(daemon: daemon, startedAt: daemon.startedAt)
-                    let server = try await bindServer("control API", address, group: group, handler: api.handler)
+                    let server = try await bindServer(
+                        "control API", address, group: group, maxBodyBytes: ControlAPI.maxBodyBytes, tooLarge: ControlAPI.tooLarge,
+                        malformed: ControlAPI.malformed, handler: api.handler)
                     daemon.controlTCP.withLock { $0 = server }
                     logger.info("control API listening", metadata: ["address": "\(server.localAddress)"])
                 }
                 if let address = options.toxiproxyAddress {
                     let api = ToxiproxyAPI(daemon: daemon)
-                    let server = try await bindServer("Toxiproxy API", address, group: group, handler: api.handler)
+                    let server = try await bindServer(
+                        "Toxiproxy API", address, group: group, malformed: ToxiproxyAPI.malformed, handler: api.handler)
                     daemon.toxiproxy.withLock { $0 = server }
                     logger.info("Toxiproxy-compatible API listening", metadata: ["address": "\(server.localAddress)"])
                 }
@@ -145,7 +148,7 @@ public final class Daemon: Sendable {
         do {
             server = try await SmallHTTPServer.bind(
                 to: try SocketAddress(unixDomainSocketPath: path), group: group, maxBodyBytes: ControlAPI.maxBodyBytes,
-                tooLarge: ControlAPI.tooLarge, handler: api.handler)
+                tooLarge: ControlAPI.tooLarge, malformed: ControlAPI.malformed, handler: api.handler)
         } catch {
             throw DaemonStartError(description: "control socket cannot listen on \(path): \(ProxyListener.describe(error))")
         }
@@ -155,11 +158,15 @@ public final class Daemon: Sendable {
     }
 
     private static func bindServer(
-        _ what: String, _ address: HostPort, group: EventLoopGroup, handler: @escaping SmallHTTPServer.Handler
+        _ what: String, _ address: HostPort, group: EventLoopGroup, maxBodyBytes: Int = 1 << 20,
+        tooLarge: @escaping @Sendable (Int) -> SmallHTTPResponse = SmallHTTPServer.tooLargeText,
+        malformed: SmallHTTPResponse = SmallHTTPServer.malformedText, handler: @escaping SmallHTTPServer.Handler
     ) async throws -> SmallHTTPServer {
         do {
             let socketAddress = try SocketAddress.makeAddressResolvingHost(address.host, port: address.port)
-            return try await SmallHTTPServer.bind(to: socketAddress, group: group, handler: handler)
+            return try await SmallHTTPServer.bind(
+                to: socketAddress, group: group, maxBodyBytes: maxBodyBytes, tooLarge: tooLarge, malformed: malformed,
+                handler: handler)
         } catch {
             throw DaemonStartError(description: "\(what) cannot listen on \(address): \(ProxyListener.describe(error))")
         }

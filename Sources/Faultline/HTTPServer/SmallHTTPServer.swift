@@ -67,6 +67,7 @@ public final class SmallHTTPServer: Sendable {
         group: EventLoopGroup,
         maxBodyBytes: Int = 1 << 20,
         tooLarge: @escaping @Sendable (Int) -> SmallHTTPResponse = SmallHTTPServer.tooLargeText,
+        malformed: SmallHTTPResponse = SmallHTTPServer.malformedText,
         handler: @escaping Handler
     ) async throws -> SmallHTTPServer {
         // Out of descriptors, accept(2) fails at once and again: pause accepting for a second
@@ -81,12 +82,15 @@ public final class SmallHTTPServer: Sendable {
         }
         let channel = try await bootstrap.bind(to: address) { channel in
             channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: false)
+                try channel.pipeline.syncOperations.addHandler(MalformedRequestResponder(response: malformed))
                 return try Connection(wrappingChannelSynchronously: channel)
             }
         }
         return SmallHTTPServer(serverChannel: channel, handler: handler, maxBodyBytes: maxBodyBytes, tooLarge: tooLarge)
     }
+
+    public static let malformedText = SmallHTTPResponse.text("malformed HTTP request\n", status: .badRequest)
 
     @Sendable public static func tooLargeText(_ limit: Int) -> SmallHTTPResponse {
         .text("request body larger than \(limit) bytes\n", status: .payloadTooLarge)

@@ -28,6 +28,9 @@ public final class ToxiproxyAPI: Sendable {
         self.daemon = daemon
     }
 
+    /// Toxiproxy's error body for a request the HTTP parser rejects.
+    public static var malformed: SmallHTTPResponse { ToxiproxyError(.badRequest, "malformed HTTP request").response }
+
     public var handler: SmallHTTPServer.Handler {
         { [self] request in await handle(request) }
     }

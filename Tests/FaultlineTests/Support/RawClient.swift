@@ -92,6 +92,52 @@ extension RawClient {
         (try? await offThePool { run(port: port, send: send, halfClose: halfClose, timeout: timeout) as Result }) ?? Result(end: .refused)
     }
 
+    /// Sends `bytes` as they are, half-closes, and reads whatever comes back until the end.
+    static func sendBytes(port: Int, _ bytes: [UInt8], timeout: Duration = .seconds(10)) async -> Result {
+        (try? await offThePool { run(port: port, payload: bytes, halfClose: true, timeout: timeout) as Result })
+            ?? Result(end: .refused)
+    }
+
+    struct Reply {
+        var status: Int?
+        var body: String
+    }
+
+    /// One raw HTTP exchange (the request should say `Connection: close`): the status and body
+    /// of the answer, or no status if the server closed (or did not answer within `timeout`).
+    static func exchange(port: Int, _ request: [UInt8], timeout: Duration = .seconds(1)) async -> Reply {
+        let text = (try? await offThePool { receiveAll(port: port, request, timeout: timeout) }) ?? ""
+        guard text.hasPrefix("HTTP/1.1 "), let status = Int(text.dropFirst(9).prefix(3)) else { return Reply(status: nil, body: text) }
+        let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? ""
+        return Reply(status: status, body: body)
+    }
+
+    private static func receiveAll(port: Int, _ request: [UInt8], timeout: Duration) -> String {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        let (seconds, attoseconds) = timeout.components
+        var time = timeval(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &time, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &time, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { return "" }
+        _ = Glibc.send(fd, request, request.count, Int32(MSG_NOSIGNAL))
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = recv(fd, &buffer, buffer.count, 0)
+            if count <= 0 { break }
+            received += buffer[0..<count]
+        }
+        return String(decoding: received, as: UTF8.self)
+    }
+
     /// Sends `text` as it is (raw HTTP, garbage) and reads whatever comes back until the end.
     static func send(port: Int, _ text: String, timeout: Duration = .seconds(10)) async -> Result {
         let bytes = Array(text.utf8)
