@@ -591,6 +591,9 @@ final class HTTPProxyConnection: TrackedConnection {
                 exchange.responseQueue.removeFirst()
                 wrote = false
                 responseComplete(exchange, trailers: trailers)
+                // The upstream's reads were held while the queue was full; the next response
+                // on a kept-alive connection comes through them.
+                upstreamHandler?.resumeReading()
                 return
             }
         }

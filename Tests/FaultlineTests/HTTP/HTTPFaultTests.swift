@@ -25,6 +25,23 @@ import Testing
         }
     }
 
+    /// A delayed response must not hold up the next request on the same kept-alive connection
+    /// (found by the soak: the upstream's reads stayed held after a small delayed response).
+    @Test func delayedResponsesOnOneKeptAliveConnection() async throws {
+        let slow = fault("slow", .latency(LatencyFault(delay: .milliseconds(50), point: .response)))
+        try await withHTTPProxy(faults: [slow]) { daemon, port, _ in
+            let url = "http://127.0.0.1:\(port)"
+            let result = try await Curl.run([
+                "-w", "%{http_code} %{num_connects}\n", "\(url)/", "\(url)/bytes/10", "\(url)/status/204", "\(url)/",
+            ])
+            #expect(result.status == 0, "\(result.log)")
+            // Four answers, the last three on the first connection (no new connect).
+            let codes = result.text.split(separator: "\n").map { String($0.suffix(5)) }.filter { $0.hasPrefix("200 ") || $0.hasPrefix("204 ") }
+            #expect(codes == ["200 1", "200 0", "204 0", "200 0"], "\(result.text)")
+            #expect(await daemon.injections("slow") == 4)
+        }
+    }
+
     @Test func requestAndResponseDelays() async throws {
         let onRequest = fault(
             "slow-request", .latency(LatencyFault(delay: .milliseconds(200), point: .request)), match: RequestMatch(path: .exact("/")))
