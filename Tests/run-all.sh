@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run installs the tools first):
+#   1. swift test                      unit and end-to-end tests (real sockets, curl, openssl, built binaries)
+#   2. a short libFuzzer run           the rule parsers (Tests/Fuzz), FUZZ_SECONDS (60)
+#   3. a short soak                    TCP and HTTP load under reloads and fault switching, SOAK_SECONDS (60)
+#   4. swift test under AddressSanitizer, in .build/asan (SANITIZERS=0 skips it)
+# Every step is bounded in time and talks to 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+step "swift test"
+swift test
+
+step "fuzzing the rule parsers for ${FUZZ_SECONDS:-60} s"
+bash Tests/Fuzz/run-fuzz.sh "${FUZZ_SECONDS:-60}"
+
+step "soak for ${SOAK_SECONDS:-60} s"
+python3 Tests/Soak/soak.py --duration "${SOAK_SECONDS:-60}" --faultlined .build/debug/faultlined
+
+if [ "${SANITIZERS:-1}" != 0 ]; then
+    step "swift test under AddressSanitizer"
+    swift test --sanitize=address --scratch-path .build/asan
+fi
+step "all passed"
