@@ -44,6 +44,42 @@ struct LimitsTests {
         try await group.shutdownGracefully()
     }
 
+    /// One listener's upstream accepts and never answers while hundreds of clients push into
+    /// it; another listener on the same daemon carries on, and the stuck clients end at the
+    /// idle timeout, as documented.
+    @Test func aSilentUpstreamDoesNotDisturbOtherListeners() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let silent = try await TestServer.start(group: group) { SilentHandler() }
+        let echo = try await TestServer.start(group: group) { EchoHandler() }
+        let daemon = try await TestDaemon.start([
+            TestDaemon.listener("stuck", upstreamPort: silent.port) { $0.idleTimeout = .seconds(2) },
+            TestDaemon.listener("fine", upstreamPort: echo.port),
+        ])
+        let stuck = Task {
+            await withTaskGroup(of: RawClient.Result.self) { tasks in
+                for _ in 0..<200 {
+                    tasks.addTask { await RawClient.run(port: daemon.port("stuck"), send: 64 * 1024, timeout: .seconds(20)) }
+                }
+                var results: [RawClient.Result] = []
+                for await result in tasks { results.append(result) }
+                return results
+            }
+        }
+        let client = try await LineClient.connect(port: daemon.port("fine"), group: group)
+        for index in 0..<100 {
+            #expect(try await client.exchange("ping \(index)") == "ping \(index)")
+        }
+        try await client.close()
+        let results = await stuck.value
+        // Nothing came back; every stuck client was closed by the idle timeout, none ran
+        // into its own 20 s timeout.
+        #expect(results.allSatisfy { $0.received == 0 && $0.end == .eof })
+        await daemon.shutdown()
+        await silent.stop()
+        await echo.stop()
+        try await group.shutdownGracefully()
+    }
+
     /// The built binary under a small descriptor limit (prlimit): clients beyond it wait in
     /// the listen backlog, the failure is logged once, the daemon does not spin, and everyone
     /// is served once descriptors come back.
