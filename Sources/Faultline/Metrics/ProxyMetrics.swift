@@ -86,6 +86,30 @@ public final class FaultlineMetrics: Sendable {
             }))
     }
 
+    /// `faultline_tls_handshakes_total{listener, result}` for a TLS listener.
+    func tlsHandshakes(_ name: String) -> [HandshakeResult: Counter] {
+        Dictionary(uniqueKeysWithValues: HandshakeResult.allCases.map { result in
+            (result, registry.makeCounter(
+                descriptor: .init(namespace: "faultline", metricName: "tls_handshakes", unitName: "total",
+                                  helpText: "TLS handshakes by how they ended: ok, client_rejected (the client broke off after the certificate), protocol_mismatch, client_certificate, not_tls, closed, other."),
+                labels: [("listener", name), ("result", result.rawValue)]))
+        })
+    }
+
+    /// Leaf certificates minted by Faultline's CA (each cached for its rules' life).
+    var certificatesMinted: Counter {
+        registry.makeCounter(
+            descriptor: .init(namespace: "faultline", metricName: "tls_certificates_minted", unitName: "total",
+                              helpText: "Leaf certificates minted by Faultline's CA."))
+    }
+
+    /// Seconds until Faultline's CA certificate expires (negative once it has).
+    var caExpiry: Gauge {
+        registry.makeGauge(
+            descriptor: .init(namespace: "faultline", metricName: "tls_ca_expiry", unitName: "seconds",
+                              helpText: "Seconds until Faultline's CA certificate expires."))
+    }
+
     /// Counts each time a fault acts on a connection (once per connection and rule).
     /// `source` says where the rule came from: `file`, `control`, `toxiproxy` or `header`.
     func faultInjections(listener: String, fault: String, kind: String, source: String) -> Counter {

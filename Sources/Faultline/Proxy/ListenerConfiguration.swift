@@ -29,7 +29,9 @@ struct ListenerConfiguration: Sendable {
     private let headerInjectionCounters: [String: Counter]
 
     init(rule: ListenerRule, faults: [FaultRule], metrics: FaultlineMetrics, authorities: CertificateAuthorities) throws {
-        tls = try rule.tls.map { try TLSContexts(settings: $0, faults: faults, authorities: authorities) }
+        tls = try rule.tls.map {
+            try TLSContexts(settings: $0, faults: faults, authorities: authorities, listener: rule.name, metrics: metrics)
+        }
         self.rule = rule
         self.faults = faults
         self.metrics = metrics.listener(rule.name)

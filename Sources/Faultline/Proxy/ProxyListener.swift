@@ -158,6 +158,7 @@ public final class ProxyListener: Sendable {
                             try channel.pipeline.syncOperations.addHandler(HandshakeGate(gate))
                         }
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: choice.context))
+                        try channel.pipeline.syncOperations.addHandler(HandshakeOutcomeWatcher(counters: tls.handshakes))
                     }
                     switch listener.rule.protocol {
                     case .tcp:

@@ -1,3 +1,4 @@
+import Foundation
 import FaultlineRules
 import Logging
 import NIOCore
@@ -178,6 +179,10 @@ public final class ProxyService: Service, Sendable {
     /// Brings the shared metrics up to date with every listener's loops.
     public func collectMetrics() async {
         for listener in listeners + retiredListeners { await listener.collectMetrics() }
+        // Only once a TLS listener has made the CA exist: a daemon without TLS has none.
+        if let ca = authorities.loaded {
+            metrics.caExpiry.set(ca.certificate.notValidAfter.timeIntervalSinceNow)
+        }
     }
 
     private func openConnections(_ listeners: [ProxyListener]) async -> Int {

@@ -2,6 +2,7 @@ import Crypto
 import FaultlineRules
 import Foundation
 import NIOSSL
+import Prometheus
 import Synchronization
 import X509
 
@@ -14,8 +15,14 @@ struct TLSContexts: Sendable {
     /// By fault rule name.
     let faulty: [String: NIOSSLContext]
 
-    init(settings: TLSSettings, faults: [FaultRule], authorities: CertificateAuthorities) throws {
-        let ca = try authorities.main()
+    /// `faultline_tls_handshakes_total` of the listener, by result.
+    let handshakes: [HandshakeResult: Counter]
+
+    init(settings: TLSSettings, faults: [FaultRule], authorities: CertificateAuthorities, listener: String,
+         metrics: FaultlineMetrics) throws {
+        handshakes = metrics.tlsHandshakes(listener)
+        let minted = metrics.certificatesMinted
+        let ca = try MintingCounter(authority: authorities.main(), minted: minted)
         let now = Date()
         func context(_ material: (certificate: Certificate, key: Certificate.PrivateKey), chain: [Certificate] = []) throws -> NIOSSLContext {
             try NIOSSLContext(configuration: Self.configuration(material, chain: chain))
@@ -33,7 +40,7 @@ struct TLSContexts: Sendable {
                 case .client_certificate:
                     configuration.certificateVerification = .noHostnameVerification
                     configuration.trustRoots = .certificates([
-                        try NIOSSLCertificate(bytes: Array(ca.certificate.serializeAsPEM().pemString.utf8), format: .pem)
+                        try NIOSSLCertificate(bytes: Array(ca.authority.certificate.serializeAsPEM().pemString.utf8), format: .pem)
                     ])
                 case .close, .delay:
                     continue  // the good certificate, behind a HandshakeGate
@@ -56,10 +63,10 @@ struct TLSContexts: Sendable {
             case .self_signed:
                 material = try ca.leaf(names: settings.names, notBefore: now - day, notAfter: now + 365 * day, selfSigned: true)
             case .untrusted_root:
-                let untrusted = try authorities.untrusted()
+                let untrusted = MintingCounter(authority: try authorities.untrusted(), minted: minted)
                 faulty[rule.name] = try context(
                     untrusted.leaf(names: settings.names, notBefore: now - day, notAfter: now + 365 * day),
-                    chain: [untrusted.certificate])
+                    chain: [untrusted.authority.certificate])
                 continue
             }
             faulty[rule.name] = try context(material)
@@ -105,6 +112,20 @@ struct TLSContexts: Sendable {
     }
 }
 
+/// A CA whose every minted leaf is counted in `faultline_tls_certificates_minted_total`.
+struct MintingCounter {
+    let authority: CertificateAuthority
+    let minted: Counter
+
+    func leaf(names: [String], notBefore: Date, notAfter: Date, selfSigned: Bool = false) throws
+        -> (certificate: Certificate, key: Certificate.PrivateKey)
+    {
+        let leaf = try authority.leaf(names: names, notBefore: notBefore, notAfter: notAfter, selfSigned: selfSigned)
+        minted.increment()
+        return leaf
+    }
+}
+
 /// How a new TLS connection starts: its server context, a gate in front of the handshake
 /// (close or delay), and the fault that chose them.
 struct TLSChoice {
@@ -133,6 +154,9 @@ public final class CertificateAuthorities: Sendable {
             return ca
         }
     }
+
+    /// The main CA if it has been loaded or made (nil before any TLS listener needed it).
+    public var loaded: CertificateAuthority? { cached.withLock { $0.main } }
 
     func untrusted() throws -> CertificateAuthority {
         if let ca = cached.withLock({ $0.untrusted }) { return ca }

@@ -165,3 +165,45 @@ struct CAExportTests {
         #expect(await daemon.waitForExit() == 0)
     }
 }
+
+/// `faultline_tls_handshakes_total` by result, certificates minted, and the CA's expiry.
+@Suite struct TLSMetricsTests {
+    @Test func handshakesAreCountedByHowTheyEnded() async throws {
+        let faults = [
+            FaultRule(name: "expired", listener: "test", enabled: false,
+                      action: .certificate(CertificateFault(kind: .expired, within: .seconds(1)))),
+        ]
+        try await withHTTPProxy(faults: faults, configure: { $0.tls = TLSSettings(names: ["localhost"]) }) { daemon, port, _ in
+            let caFile = FileManager.default.temporaryDirectory.appendingPathComponent("fl-ca-\(UUID().uuidString).pem").path
+            try daemon.proxy.authorities.main().pem.write(toFile: caFile, atomically: true, encoding: .utf8)
+            defer { try? FileManager.default.removeItem(atPath: caFile) }
+            func series(_ result: String) -> String { #"faultline_tls_handshakes_total{listener="test",result="\#(result)"}"# }
+
+            #expect(try await Curl.run(["--cacert", caFile, "https://localhost:\(port)/"]).status == 0)
+            #expect(await daemon.metric(series("ok")) == 1)
+            // curl refuses the expired certificate with an alert.
+            var rules = RuleSet(listeners: [daemon.proxy.listener(named: "test")!.rule], faults: faults)
+            rules.faults[0].enabled = true
+            try await daemon.proxy.apply(rules)
+            #expect(try await Curl.run(["--cacert", caFile, "https://localhost:\(port)/"]).status != 0)
+            // A client that goes away before its handshake, and one that speaks plain HTTP.
+            _ = await RawClient.run(port: port, halfClose: true)
+            _ = await RawClient.send(port: port, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            var counts: [Double?] = []
+            let deadline = ContinuousClock.now + .seconds(5)
+            while counts != [1, 1, 1], ContinuousClock.now < deadline {
+                counts = [
+                    await daemon.metric(series("client_rejected")), await daemon.metric(series("closed")),
+                    await daemon.metric(series("not_tls")),
+                ]
+                if counts != [1, 1, 1] { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(counts == [1, 1, 1], "client_rejected, closed, not_tls")
+            #expect(await daemon.metric(series("other")) == 0)
+            // Two leaves minted per rule set (the good one and the expired one), twice.
+            #expect((await daemon.metric("faultline_tls_certificates_minted_total") ?? 0) >= 2)
+            let expiry = await daemon.metric("faultline_tls_ca_expiry_seconds") ?? 0
+            #expect(expiry > 9 * 365 * 86400 && expiry <= 10 * 365 * 86400)
+        }
+    }
+}
