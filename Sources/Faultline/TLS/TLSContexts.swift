@@ -14,76 +14,73 @@ struct TLSContexts: Sendable {
     let normal: NIOSSLContext
     /// By fault rule name.
     let faulty: [String: NIOSSLContext]
-
     /// `faultline_tls_handshakes_total` of the listener, by result.
     let handshakes: [HandshakeResult: Counter]
 
     init(settings: TLSSettings, faults: [FaultRule], authorities: CertificateAuthorities, listener: String,
          metrics: FaultlineMetrics) throws {
         handshakes = metrics.tlsHandshakes(listener)
-        let minted = metrics.certificatesMinted
-        let ca = try MintingCounter(authority: authorities.main(), minted: minted)
-        let now = Date()
-        func context(_ material: (certificate: Certificate, key: Certificate.PrivateKey), chain: [Certificate] = []) throws -> NIOSSLContext {
-            try NIOSSLContext(configuration: Self.configuration(material, chain: chain))
+        let minting = LeafMinting(authorities: authorities, minted: metrics.certificatesMinted)
+        let ca = try authorities.main()
+
+        /// A context presenting `kind` for the listed names, and, when the block lists none,
+        /// for the name each client asks for (minted on first use, then cached).
+        func context(_ kind: LeafKind, adjust: (inout TLSConfiguration) throws -> Void = { _ in }) throws -> NIOSSLContext {
+            let leaf = try minting.leaf(kind, names: settings.names)
+            var configuration = TLSConfiguration.makeServerConfiguration(
+                certificateChain: leaf.chain.map { .certificate($0) }, privateKey: .privateKey(leaf.key))
+            if settings.namesFromSNI, kind != .wrongHost {
+                configuration.sslContextCallback = { values, promise in
+                    guard let host = values.serverHostname, let leaf = try? minting.leaf(kind, names: [host], fromSNI: true) else {
+                        promise.succeed(.noChanges)
+                        return
+                    }
+                    var override = NIOSSLContextConfigurationOverride()
+                    override.certificateChain = leaf.chain.map { .certificate($0) }
+                    override.privateKey = .privateKey(leaf.key)
+                    promise.succeed(override)
+                }
+            }
+            try adjust(&configuration)
+            return try NIOSSLContext(configuration: configuration)
         }
-        let day: TimeInterval = 86400
+
         var faulty: [String: NIOSSLContext] = [:]
-        let good = try ca.leaf(names: settings.names, notBefore: now - day, notAfter: now + 365 * day)
         for rule in faults {
-            if case .handshake(let fault) = rule.action {
-                var configuration = try Self.configuration(good)
+            switch rule.action {
+            case .handshake(let fault):
                 switch fault.kind {
                 case .old_protocol:
-                    configuration.minimumTLSVersion = .tlsv1
-                    configuration.maximumTLSVersion = .tlsv1
+                    faulty[rule.name] = try context(.good) {
+                        $0.minimumTLSVersion = .tlsv1
+                        $0.maximumTLSVersion = .tlsv1
+                    }
                 case .client_certificate:
-                    configuration.certificateVerification = .noHostnameVerification
-                    configuration.trustRoots = .certificates([
-                        try NIOSSLCertificate(bytes: Array(ca.authority.certificate.serializeAsPEM().pemString.utf8), format: .pem)
-                    ])
+                    let root = try NIOSSLCertificate(bytes: Array(ca.certificate.serializeAsPEM().pemString.utf8), format: .pem)
+                    faulty[rule.name] = try context(.good) {
+                        $0.certificateVerification = .noHostnameVerification
+                        $0.trustRoots = .certificates([root])
+                    }
                 case .close, .delay:
                     continue  // the good certificate, behind a HandshakeGate
                 }
-                faulty[rule.name] = try NIOSSLContext(configuration: configuration)
+            case .certificate(let fault):
+                let kind: LeafKind
+                switch fault.kind {
+                case .expired: kind = .expired
+                case .not_yet_valid: kind = .notYetValid
+                case .expiring_soon: kind = .expiringSoon(seconds: Int(fault.within.components.seconds))
+                case .wrong_host: kind = .wrongHost
+                case .self_signed: kind = .selfSigned
+                case .untrusted_root: kind = .untrustedRoot
+                }
+                faulty[rule.name] = try context(kind)
+            default:
                 continue
             }
-            guard case .certificate(let fault) = rule.action else { continue }
-            let material: (certificate: Certificate, key: Certificate.PrivateKey)
-            switch fault.kind {
-            case .expired:
-                material = try ca.leaf(names: settings.names, notBefore: now - 30 * day, notAfter: now - day)
-            case .not_yet_valid:
-                material = try ca.leaf(names: settings.names, notBefore: now + day, notAfter: now + 30 * day)
-            case .expiring_soon:
-                let within = Double(fault.within.components.seconds)
-                material = try ca.leaf(names: settings.names, notBefore: now - day, notAfter: now + within)
-            case .wrong_host:
-                material = try ca.leaf(names: ["wrong-host.faultline.invalid"], notBefore: now - day, notAfter: now + 365 * day)
-            case .self_signed:
-                material = try ca.leaf(names: settings.names, notBefore: now - day, notAfter: now + 365 * day, selfSigned: true)
-            case .untrusted_root:
-                let untrusted = MintingCounter(authority: try authorities.untrusted(), minted: minted)
-                faulty[rule.name] = try context(
-                    untrusted.leaf(names: settings.names, notBefore: now - day, notAfter: now + 365 * day),
-                    chain: [untrusted.authority.certificate])
-                continue
-            }
-            faulty[rule.name] = try context(material)
         }
         self.faulty = faulty
-        normal = try context(good)
-    }
-
-    static func configuration(
-        _ material: (certificate: Certificate, key: Certificate.PrivateKey), chain: [Certificate] = []
-    ) throws -> TLSConfiguration {
-        let certificates = try ([material.certificate] + chain).map {
-            try NIOSSLCertificate(bytes: Array($0.serializeAsPEM().pemString.utf8), format: .pem)
-        }
-        let key = try NIOSSLPrivateKey(bytes: Array(material.key.serializeAsPEM().pemString.utf8), format: .pem)
-        return TLSConfiguration.makeServerConfiguration(
-            certificateChain: certificates.map { .certificate($0) }, privateKey: .privateKey(key))
+        normal = try context(.good)
     }
 
     /// The context for a new connection: the first enabled certificate fault that targets the
@@ -112,18 +109,82 @@ struct TLSContexts: Sendable {
     }
 }
 
-/// A CA whose every minted leaf is counted in `faultline_tls_certificates_minted_total`.
-struct MintingCounter {
-    let authority: CertificateAuthority
+/// What a leaf certificate is made to be: good, or one of the certificate faults.
+enum LeafKind: Hashable, Sendable {
+    case good
+    case expired
+    case notYetValid
+    case expiringSoon(seconds: Int)
+    case wrongHost
+    case selfSigned
+    case untrustedRoot
+
+    /// How long a cached leaf of this kind still is what it claims to be: a not-yet-valid
+    /// leaf becomes valid after a day, an expiring-soon one must not expire in use.
+    var reuseFor: TimeInterval {
+        switch self {
+        case .notYetValid: 3600
+        case .expiringSoon(let seconds): max(1, min(3600, Double(seconds) / 4))
+        default: 30 * 86400
+        }
+    }
+}
+
+/// A leaf as NIOSSL takes it: the certificate, the chain above it, and its key.
+struct Leaf: Sendable {
+    let chain: [NIOSSLCertificate]
+    let key: NIOSSLPrivateKey
+}
+
+/// Leaves from the CA's cache, minted (and counted in
+/// `faultline_tls_certificates_minted_total`) only when none fits: rule reloads and repeated
+/// SNI names reuse them, so minting is never on the path of an ordinary connection.
+struct LeafMinting: Sendable {
+    let authorities: CertificateAuthorities
     let minted: Counter
 
-    func leaf(names: [String], notBefore: Date, notAfter: Date, selfSigned: Bool = false) throws
-        -> (certificate: Certificate, key: Certificate.PrivateKey)
-    {
-        let leaf = try authority.leaf(names: names, notBefore: notBefore, notAfter: notAfter, selfSigned: selfSigned)
-        minted.increment()
-        return leaf
+    func leaf(_ kind: LeafKind, names: [String], fromSNI: Bool = false) throws -> Leaf {
+        try authorities.cachedLeaf(LeafKey(kind: kind, names: names), limitForSNI: fromSNI) {
+            minted.increment()
+            return try mint(kind, names: names)
+        }
     }
+
+    private func mint(_ kind: LeafKind, names: [String]) throws -> Leaf {
+        let ca = try authorities.main()
+        let now = Date()
+        let day: TimeInterval = 86400
+        var chain: [Certificate] = []
+        let material: (certificate: Certificate, key: Certificate.PrivateKey)
+        switch kind {
+        case .good:
+            material = try ca.leaf(names: names, notBefore: now - day, notAfter: now + 365 * day)
+        case .expired:
+            material = try ca.leaf(names: names, notBefore: now - 30 * day, notAfter: now - day)
+        case .notYetValid:
+            material = try ca.leaf(names: names, notBefore: now + day, notAfter: now + 30 * day)
+        case .expiringSoon(let seconds):
+            material = try ca.leaf(names: names, notBefore: now - day, notAfter: now + Double(seconds))
+        case .wrongHost:
+            material = try ca.leaf(names: ["wrong-host.faultline.invalid"], notBefore: now - day, notAfter: now + 365 * day)
+        case .selfSigned:
+            material = try ca.leaf(names: names, notBefore: now - day, notAfter: now + 365 * day, selfSigned: true)
+        case .untrustedRoot:
+            let untrusted = try authorities.untrusted()
+            material = try untrusted.leaf(names: names, notBefore: now - day, notAfter: now + 365 * day)
+            chain = [untrusted.certificate]
+        }
+        let certificates = try ([material.certificate] + chain).map {
+            try NIOSSLCertificate(bytes: Array($0.serializeAsPEM().pemString.utf8), format: .pem)
+        }
+        let key = try NIOSSLPrivateKey(bytes: Array(material.key.serializeAsPEM().pemString.utf8), format: .pem)
+        return Leaf(chain: certificates, key: key)
+    }
+}
+
+struct LeafKey: Hashable, Sendable {
+    var kind: LeafKind
+    var names: [String]
 }
 
 /// How a new TLS connection starts: its server context, a gate in front of the handshake
@@ -137,8 +198,13 @@ struct TLSChoice {
 /// The CA from the state folder, loaded or created on first need, and the second,
 /// untrusted CA of `untrusted_root`, made once per run.
 public final class CertificateAuthorities: Sendable {
+    /// Names clients may have certificates minted for (SNI) before new names get the listed
+    /// ones instead: random names from clients must not grow memory or cost CPU without end.
+    static let sniLeafLimit = 1024
+
     private let folder: String?
     private let cached = Mutex<(main: CertificateAuthority?, untrusted: CertificateAuthority?)>((nil, nil))
+    private let leaves = Mutex<[LeafKey: (leaf: Leaf, mintedAt: Date)]>([:])
 
     /// `folder` nil: a CA in memory for this run only.
     public init(folder: String?) {
@@ -153,6 +219,20 @@ public final class CertificateAuthorities: Sendable {
             state.main = ca
             return ca
         }
+    }
+
+    /// A leaf from the cache, or `make`'s, cached. For SNI names, nil once the cache is full.
+    func cachedLeaf(_ key: LeafKey, limitForSNI: Bool, make: () throws -> Leaf) throws -> Leaf {
+        let now = Date()
+        if let entry = leaves.withLock({ $0[key] }), now.timeIntervalSince(entry.mintedAt) < key.kind.reuseFor {
+            return entry.leaf
+        }
+        if limitForSNI, leaves.withLock({ $0.count }) >= Self.sniLeafLimit {
+            throw CertificateAuthorityError(description: "too many names minted for; the listed names serve")
+        }
+        let leaf = try make()
+        leaves.withLock { $0[key] = (leaf, now) }
+        return leaf
     }
 
     /// The main CA if it has been loaded or made (nil before any TLS listener needed it).

@@ -76,9 +76,9 @@ public struct RuleFileParser {
         var tls: TLSSettings?
         if let entry = fields["tls"] {
             if case .scalar(let scalar) = entry.value, scalar.isNullLike {
-                tls = TLSSettings()
+                tls = TLSSettings.fromSNI
             } else if let t = reader.fields(entry.value, path: entry.path, allowed: ["names"]) {
-                var settings = TLSSettings()
+                var settings = TLSSettings.fromSNI
                 if let names = t["names"], let items = reader.sequence(names) {
                     settings.names = items.compactMap { item in
                         guard case .scalar(let scalar) = item, !scalar.string.isEmpty, !scalar.isNullLike else {
@@ -88,6 +88,7 @@ public struct RuleFileParser {
                         return scalar.string
                     }
                     if settings.names.isEmpty { reader.report("\(names.path): give at least one name", at: names.value) }
+                    settings.namesFromSNI = false
                 }
                 tls = settings
             }

@@ -157,10 +157,17 @@ public struct TLSSettings: Sendable, Hashable {
     public static let defaultNames = ["localhost", "127.0.0.1", "::1"]
     /// DNS names and IP addresses the leaf certificate is valid for.
     public var names: [String]
+    /// No names listed: each connection gets a certificate for the name its client asked for
+    /// (SNI), minted on first use and cached; `names` serve clients that ask for none.
+    public var namesFromSNI: Bool
 
-    public init(names: [String] = TLSSettings.defaultNames) {
+    public init(names: [String] = TLSSettings.defaultNames, namesFromSNI: Bool = false) {
         self.names = names
+        self.namesFromSNI = namesFromSNI
     }
+
+    /// The block without `names`: certificates for whatever name the client asks for.
+    public static var fromSNI: TLSSettings { TLSSettings(names: defaultNames, namesFromSNI: true) }
 }
 
 /// What a `certificate` fault presents instead of a good certificate.

@@ -207,3 +207,44 @@ struct CAExportTests {
         }
     }
 }
+
+/// A `tls:` block without `names`: each client gets a certificate for the name it asks for.
+@Suite struct SNICertificateTests {
+    @Test func certificatesForTheNameAskedForMintedOnceAndFaultsToo() async throws {
+        let faults = [
+            FaultRule(name: "expired", listener: "test", enabled: false,
+                      action: .certificate(CertificateFault(kind: .expired, within: .seconds(1)))),
+        ]
+        try await withHTTPProxy(faults: faults, configure: { $0.tls = .fromSNI }) { daemon, port, _ in
+            let caFile = FileManager.default.temporaryDirectory.appendingPathComponent("fl-ca-\(UUID().uuidString).pem").path
+            try daemon.proxy.authorities.main().pem.write(toFile: caFile, atomically: true, encoding: .utf8)
+            defer { try? FileManager.default.removeItem(atPath: caFile) }
+            let mintedBefore = await daemon.metric("faultline_tls_certificates_minted_total") ?? 0
+            for name in ["api.faultline.test", "db.faultline.test", "api.faultline.test"] {
+                let result = try await Curl.run([
+                    "--cacert", caFile, "--resolve", "\(name):\(port):127.0.0.1", "https://\(name):\(port)/",
+                ])
+                #expect(result.status == 0, "\(name): \(result.log)")
+                #expect(result.text == "hello from the Faultline demo service\n")
+            }
+            // One leaf per new name; the second visit of a name reuses its leaf.
+            #expect(await daemon.metric("faultline_tls_certificates_minted_total") == mintedBefore + 2)
+            let verified = try await OpenSSL.run([
+                "s_client", "-connect", "127.0.0.1:\(port)", "-servername", "other.faultline.test", "-CAfile", caFile,
+                "-verify_return_error", "-verify_hostname", "other.faultline.test",
+            ]).output
+            #expect(verified.contains("Verify return code: 0 (ok)"), "\(verified)")
+
+            // The certificate faults follow the name too: expired, for the name asked for.
+            var rules = RuleSet(listeners: [daemon.proxy.listener(named: "test")!.rule], faults: faults)
+            rules.faults[0].enabled = true
+            try await daemon.proxy.apply(rules)
+            let expired = try await OpenSSL.run([
+                "s_client", "-connect", "127.0.0.1:\(port)", "-servername", "api.faultline.test", "-CAfile", caFile,
+                "-verify_hostname", "api.faultline.test",
+            ]).output
+            #expect(expired.contains("Verify return code: 10 (certificate has expired)"), "\(expired)")
+            #expect(expired.contains("CN=api.faultline.test") || expired.contains("CN = api.faultline.test"))
+        }
+    }
+}
