@@ -105,6 +105,7 @@ faults:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--connections", type=int, default=10000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--faultlined", default=os.path.join(ROOT, ".build/release/faultlined"))
     args = parser.parse_args()
     if not os.path.exists(args.faultlined):
@@ -112,6 +113,7 @@ def main():
     args.listen_port = free_port()
     wanted = 2 * args.connections + 512
     own = raise_own_limit(args.connections + 512)
+    # The upstream holds the other end of every connection in a process of its own.
     n = min(args.connections, own - 512)
     daemon_limit = max(wanted, 1024)
     try:
@@ -123,25 +125,26 @@ def main():
     if n < args.connections:
         print("descriptor limits allow %d connections, not %d" % (n, args.connections))
 
-    # Idle clients.
-    up, up_port = upstream("hold", 120)
+    # Idle clients, round after round: what later rounds add is what a round leaks.
+    up, up_port = upstream("hold", 300)
     daemon = start_daemon(args, up_port, RULES, daemon_limit)
     base = rss_mib(daemon.pid)
-    clients = []
-    start = time.monotonic()
-    for _ in range(n):
-        clients.append(socket.create_connection(("127.0.0.1", args.listen_port), timeout=10))
-        if time.monotonic() - start > 60:
-            break
-    time.sleep(3)
-    idle = rss_mib(daemon.pid)
-    opened = len(clients)
-    print("idle: %d connections: RSS %.1f MiB -> %.1f MiB, %.1f KiB per connection"
-          % (opened, base, idle, (idle - base) * 1024 / max(1, opened)))
-    for client in clients:
-        client.close()
-    time.sleep(2)
-    print("idle: after they close: RSS %.1f MiB" % rss_mib(daemon.pid))
+    for round in range(1, args.rounds + 1):
+        clients = []
+        start = time.monotonic()
+        for _ in range(n):
+            clients.append(socket.create_connection(("127.0.0.1", args.listen_port), timeout=10))
+            if time.monotonic() - start > 60:
+                break
+        time.sleep(3)
+        idle = rss_mib(daemon.pid)
+        opened = len(clients)
+        print("idle, round %d: %d connections: RSS %.1f MiB -> %.1f MiB, %.1f KiB per connection"
+              % (round, opened, base, idle, (idle - base) * 1024 / max(1, opened)))
+        for client in clients:
+            client.close()
+        time.sleep(3)
+        print("idle, round %d: after they all closed: RSS %.1f MiB" % (round, rss_mib(daemon.pid)))
     daemon.terminate(); daemon.wait(timeout=30); up.kill()
 
     # Clients that never read while the upstream pushes.
