@@ -154,7 +154,7 @@ struct LeafMinting: Sendable {
         let ca = try authorities.main()
         let now = Date()
         let day: TimeInterval = 86400
-        var chain: [Certificate] = []
+        let chain: [Certificate] = []
         let material: (certificate: Certificate, key: Certificate.PrivateKey)
         switch kind {
         case .good:
@@ -170,9 +170,11 @@ struct LeafMinting: Sendable {
         case .selfSigned:
             material = try ca.leaf(names: names, notBefore: now - day, notAfter: now + 365 * day, selfSigned: true)
         case .untrustedRoot:
+            // Signed by a second CA that is not sent along: clients cannot find an issuer
+            // they trust (openssl's verify code 20), as with a certificate from a CA that
+            // was never rolled out to them.
             let untrusted = try authorities.untrusted()
             material = try untrusted.leaf(names: names, notBefore: now - day, notAfter: now + 365 * day)
-            chain = [untrusted.certificate]
         }
         let certificates = try ([material.certificate] + chain).map {
             try NIOSSLCertificate(bytes: Array($0.serializeAsPEM().pemString.utf8), format: .pem)

@@ -51,9 +51,10 @@ import Testing
     @Test(arguments: [
         (CertificateFaultKind.expired, "certificate has expired", String?("Verify return code: 10 (certificate has expired)")),
         (.not_yet_valid, "certificate is not yet valid", "Verify return code: 9 (certificate is not yet valid)"),
-        (.wrong_host, "no alternative certificate subject name matches target host name 'localhost'", String?.none),
+        (.wrong_host, "no alternative certificate subject name matches target host name 'localhost'", "Verify return code: 62 (hostname mismatch)"),
         (.self_signed, "self-signed certificate", "Verify return code: 18 (self-signed certificate)"),
-        (.untrusted_root, "self-signed certificate in certificate chain", "Verify return code: 19 (self-signed certificate in certificate chain)"),
+        // openssl reports 20 for the leaf, then 21 for the chain as a whole.
+        (.untrusted_root, "unable to get local issuer certificate", "verify error:num=20:unable to get local issuer certificate"),
     ])
     func badCertificatesAreRefusedByClients(_ kind: CertificateFaultKind, _ curlMessage: String, _ openSSLResult: String?) async throws {
         try await withTLSProxy(faults: [kind]) { daemon, port, caFile in
@@ -110,8 +111,14 @@ enum OpenSSL {
         return (result.status, result.text)
     }
 
+    /// What `openssl s_client` says of the server's certificate, checking the host name too
+    /// (as the issue's `-verify_hostname` asks), with `-verify_return_error` off so that the
+    /// verify code is printed whatever it is.
     static func verifyResult(port: Int, caFile: String) async throws -> String {
-        try await run(["s_client", "-connect", "127.0.0.1:\(port)", "-servername", "localhost", "-CAfile", caFile]).output
+        try await run([
+            "s_client", "-connect", "127.0.0.1:\(port)", "-servername", "localhost", "-CAfile", caFile,
+            "-verify_hostname", "localhost",
+        ]).output
     }
 
     static func serverCertificate(port: Int) async throws -> String {
@@ -245,6 +252,47 @@ struct CAExportTests {
             ]).output
             #expect(expired.contains("Verify return code: 10 (certificate has expired)"), "\(expired)")
             #expect(expired.contains("CN=api.faultline.test") || expired.contains("CN = api.faultline.test"))
+        }
+    }
+}
+
+/// Switching a certificate fault on never breaks a TLS connection that is already
+/// established: its next request goes through, and only new connections see the fault.
+@Suite struct TLSSwitchTests {
+    @Test func establishedConnectionSurvivesACertificateFaultSwitchedOn() async throws {
+        let hold = FaultRule(
+            name: "hold-first", listener: "test", match: RequestMatch(path: .exact("/")),
+            action: .latency(LatencyFault(delay: .seconds(1), point: .request)))
+        let expired = FaultRule(
+            name: "expired", listener: "test", enabled: false,
+            action: .certificate(CertificateFault(kind: .expired, within: .seconds(1))))
+        try await withHTTPProxy(faults: [hold, expired], configure: {
+            $0.protocol = .http
+            $0.tls = TLSSettings(names: ["localhost"])
+        }) { daemon, port, _ in
+            let caFile = FileManager.default.temporaryDirectory.appendingPathComponent("fl-ca-\(UUID().uuidString).pem").path
+            try daemon.proxy.authorities.main().pem.write(toFile: caFile, atomically: true, encoding: .utf8)
+            defer { try? FileManager.default.removeItem(atPath: caFile) }
+            // One curl, two requests on one TLS connection; the fault is switched on while
+            // the first is held.
+            async let both = Curl.run([
+                "-v", "--cacert", caFile, "-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_code} ",
+                "https://localhost:\(port)/", "https://localhost:\(port)/bytes/1",
+            ])
+            let start = ContinuousClock.now
+            while await daemon.injections("hold-first") == 0, ContinuousClock.now - start < .seconds(5) {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            var rules = RuleSet(listeners: [daemon.proxy.listener(named: "test")!.rule], faults: [hold, expired])
+            rules.faults[1].enabled = true
+            try await daemon.proxy.apply(rules)
+            let result = try await both
+            #expect(result.text == "200 200 ", "\(result.log)")
+            #expect(result.log.contains("Re-using existing connection"))
+            // A new connection gets the expired certificate.
+            let fresh = try await Curl.run(["--cacert", caFile, "https://localhost:\(port)/bytes/1"])
+            #expect(fresh.status != 0)
+            #expect(fresh.log.contains("certificate has expired"))
         }
     }
 }
