@@ -61,6 +61,14 @@ struct TLSContexts: Sendable {
                         $0.certificateVerification = .noHostnameVerification
                         $0.trustRoots = .certificates([root])
                     }
+                case .alert:
+                    // Failing the certificate choice makes BoringSSL end the handshake with a
+                    // fatal alert right after the client's hello.
+                    faulty[rule.name] = try context(.good) {
+                        $0.sslContextCallback = { _, promise in
+                            promise.fail(CertificateAuthorityError(description: "handshake fault: alert"))
+                        }
+                    }
                 case .close, .delay:
                     continue  // the good certificate, behind a HandshakeGate
                 }
@@ -95,7 +103,7 @@ struct TLSContexts: Sendable {
                 switch fault.kind {
                 case .close: gate = .close
                 case .delay: gate = .delay(fault.delay)
-                case .old_protocol, .client_certificate: gate = nil
+                case .old_protocol, .client_certificate, .alert: gate = nil
                 }
             default:
                 continue

@@ -207,6 +207,9 @@ public enum HandshakeFaultKind: String, Sendable, Hashable, CaseIterable {
     case old_protocol
     /// A client certificate signed by Faultline's CA is required: clients without one fail.
     case client_certificate
+    /// The server aborts the handshake after the client's hello with a fatal alert
+    /// (internal_error, 80), as a server that cannot load its certificate does.
+    case alert
 }
 
 public struct HandshakeFault: Sendable, Hashable {

@@ -72,6 +72,7 @@ import Testing
         (HandshakeFault(kind: .close), Int32(35), "SSL_ERROR_SYSCALL"),
         (HandshakeFault(kind: .old_protocol), Int32(35), "SSL routines"),
         (HandshakeFault(kind: .client_certificate), Int32(56), "alert certificate required"),
+        (HandshakeFault(kind: .alert), Int32(35), "tlsv1 alert internal error"),
     ])
     func handshakeFaultsAsTheClientSeesThem(_ fault: HandshakeFault, _ curlStatus: Int32, _ message: String) async throws {
         try await withTLSProxy(handshake: [fault]) { daemon, port, caFile in
