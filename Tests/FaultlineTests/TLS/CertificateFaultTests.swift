@@ -140,6 +140,34 @@ enum OpenSSL {
 /// the daemon's TLS listeners present certificates that chain to it.
 @Suite(.serialized)
 struct CAExportTests {
+    /// The user's own CA (here made by openssl) in the state folder is used as it is.
+    @Test func ownCAInTheStateFolderSignsTheLeaves() async throws {
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("fl-own-ca-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        let made = try await OpenSSL.run([
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", state + "/ca-key.pem", "-out", state + "/ca.pem", "-days", "30", "-subj", "/CN=Our own CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        ])
+        #expect(made.status == 0, "\(made.output)")
+        let exported = try await DaemonProcess.run(["ca", "export", "--state-dir", state])
+        #expect(exported.stdout == (try String(contentsOfFile: state + "/ca.pem", encoding: .utf8)))
+        let demo = try unusedPort()
+        let port = try unusedPort()
+        try "listeners:\n  - {name: s, listen: 127.0.0.1:\(port), upstream: 127.0.0.1:\(demo), tls: {names: [localhost]}}\n"
+            .write(toFile: state + "/rules.yaml", atomically: true, encoding: .utf8)
+        let daemon = try DaemonProcess([
+            "--rules", state, "--demo", "127.0.0.1:\(demo)", "--no-metrics", "--state-dir", state,
+        ])
+        #expect(await daemon.waitForLog("started"))
+        let result = try await Curl.run(["-v", "--cacert", state + "/ca.pem", "https://localhost:\(port)/"])
+        #expect(result.status == 0, "\(result.log)")
+        #expect(result.log.contains("issuer: CN=Our own CA") || result.log.contains("issuer: CN = Our own CA"), "\(result.log)")
+        daemon.signal(SIGTERM)
+        #expect(await daemon.waitForExit() == 0)
+    }
+
     @Test func exportCreatesTheCAOnceAndTheDaemonUsesIt() async throws {
         let state = FileManager.default.temporaryDirectory.appendingPathComponent("fl-state-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: state) }
