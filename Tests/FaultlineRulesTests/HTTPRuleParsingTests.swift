@@ -150,6 +150,34 @@ struct HTTPRuleParsingTests {
         #expect(RequestMatch().matches(method: "DELETE", path: "/", header: { _ in nil }))
     }
 
+    @Test func tlsWithoutNamesMintsForSNIAndUpstreamTLS() throws {
+        let text = """
+            listeners:
+              - {name: s, listen: 127.0.0.1:1, upstream: "db.internal:5432", tls: {}, upstream_tls: {ca: /etc/ca.pem}}
+              - {name: i, listen: 127.0.0.1:3, upstream: 127.0.0.1:2, tls: ~, upstream_tls: {insecure: true, server_name: x}}
+            """
+        let set = try RuleLoader.load(sources: [("t.yaml", text)]).get()
+        #expect(set.listener(named: "s")?.tls == .fromSNI)
+        #expect(set.listener(named: "i")?.tls == .fromSNI)
+        #expect(set.listener(named: "s")?.upstreamTLS == UpstreamTLSSettings(caFile: "/etc/ca.pem"))
+        #expect(set.listener(named: "i")?.upstreamTLS == UpstreamTLSSettings(insecure: true, serverName: "x"))
+        let unknown = """
+            listeners:
+              - {name: s, listen: 127.0.0.1:1, upstream: 127.0.0.1:2, upstream_tls: {ca: /x.pem, insecure: true, sni: y}}
+            """
+        #expect(RuleLoader.load(sources: [("t.yaml", unknown)]).errorDescriptions == [
+            #"t.yaml:2:102: unknown key "listeners[0].upstream_tls.sni"; expected one of ca, insecure, server_name"#,
+            #"t.yaml:2:74: listeners[0].upstream_tls: ca and insecure: true exclude each other"#,
+        ])
+        let both = """
+            listeners:
+              - {name: s, listen: 127.0.0.1:1, upstream: 127.0.0.1:2, upstream_tls: {ca: /x.pem, insecure: true}}
+            """
+        #expect(RuleLoader.load(sources: [("t.yaml", both)]).errorDescriptions == [
+            #"t.yaml:2:74: listeners[0].upstream_tls: ca and insecure: true exclude each other"#,
+        ])
+    }
+
     @Test func tlsBlockAndCertificateFaults() throws {
         let text = """
             listeners:

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// One request and its response on an `http` listener, from the request head to the end of
 /// the response. Requests on a connection are handled one at a time (NIO's pipelining handler
@@ -398,6 +399,10 @@ final class HTTPProxyConnection: TrackedConnection {
                     let decoder = HTTPResponseDecoder(
                         // Bytes after a 101 belong to the tunnel that takes over.
                         leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)
+                    if let tls = connection.listener.upstreamTLS {
+                        try channel.pipeline.syncOperations.addHandler(
+                            try NIOSSLClientHandler(context: tls.context, serverHostname: tls.serverName))
+                    }
                     try channel.pipeline.syncOperations.addHandlers([
                         HTTPRequestEncoder(), ByteToMessageHandler(decoder), handler,
                     ])

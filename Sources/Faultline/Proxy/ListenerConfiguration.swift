@@ -26,6 +26,9 @@ struct ListenerConfiguration: Sendable {
     let http: HTTPListenerMetrics?
     /// TLS listeners: the good certificate and one per certificate fault, minted for these rules.
     let tls: TLSContexts?
+    /// `upstream_tls`: the client context towards the upstream, made once per rule set (the
+    /// CA bundle is read here, not per connection), and the name it asks for and checks.
+    let upstreamTLS: (context: NIOSSLContext, serverName: String?)?
     private let headerInjectionCounters: [String: Counter]
 
     init(rule: ListenerRule, faults: [FaultRule], metrics: FaultlineMetrics, authorities: CertificateAuthorities) throws {
@@ -34,6 +37,21 @@ struct ListenerConfiguration: Sendable {
         }
         self.rule = rule
         self.faults = faults
+        upstreamTLS = try rule.upstreamTLS.map { settings in
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            if settings.insecure {
+                configuration.certificateVerification = .none
+            } else if let ca = settings.caFile {
+                configuration.trustRoots = .file(ca)
+            }
+            do {
+                let context = try NIOSSLContext(configuration: configuration)
+                let name = settings.serverName ?? (rule.upstream.isIPLiteral ? nil : rule.upstream.host)
+                return (context, name)
+            } catch {
+                throw CertificateAuthorityError(description: "upstream_tls: \(settings.caFile.map { "cannot use \($0): " } ?? "")\(error)")
+            }
+        }
         self.metrics = metrics.listener(rule.name)
         var counters: [String: Counter] = [:]
         for fault in faults {

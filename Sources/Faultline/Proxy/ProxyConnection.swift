@@ -2,6 +2,7 @@ import FaultlineRules
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 #if canImport(Glibc)
 import Glibc
@@ -249,6 +250,10 @@ final class ProxyConnection: TrackedConnection {
                 connection.upstreamHandler = handler
                 connection.upstreamChannel = channel
                 return channel.eventLoop.makeCompletedFuture {
+                    if let tls = connection.listener.upstreamTLS {
+                        try channel.pipeline.syncOperations.addHandler(
+                            try NIOSSLClientHandler(context: tls.context, serverHostname: tls.serverName))
+                    }
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }

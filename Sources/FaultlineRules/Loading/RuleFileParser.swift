@@ -4,7 +4,7 @@ import Yams
 /// need the whole folder (duplicate names, two listeners on one address) are `RuleLoader`'s.
 public struct RuleFileParser {
     static let topLevelKeys = ["listeners", "faults"]
-    static let listenerKeys = ["name", "listen", "upstream", "protocol", "timeouts", "http", "tls", "max_connections"]
+    static let listenerKeys = ["name", "listen", "upstream", "protocol", "timeouts", "http", "tls", "upstream_tls", "max_connections"]
     static let timeoutKeys = ["connect", "idle"]
 
     public struct Result: Sendable {
@@ -93,6 +93,21 @@ public struct RuleFileParser {
                 tls = settings
             }
         }
+        var upstreamTLS: UpstreamTLSSettings?
+        if let entry = fields["upstream_tls"] {
+            if case .scalar(let scalar) = entry.value, scalar.isNullLike {
+                upstreamTLS = UpstreamTLSSettings()
+            } else if let t = reader.fields(entry.value, path: entry.path, allowed: ["ca", "insecure", "server_name"]) {
+                var settings = UpstreamTLSSettings()
+                if let ca = t["ca"] { settings.caFile = reader.string(ca) }
+                if let insecure = t["insecure"], let value = reader.bool(insecure) { settings.insecure = value }
+                if let name = t["server_name"] { settings.serverName = reader.string(name) }
+                if settings.insecure, settings.caFile != nil, let ca = t["ca"] {
+                    reader.report("\(entry.path): ca and insecure: true exclude each other", at: ca.key)
+                }
+                upstreamTLS = settings
+            }
+        }
         var connectTimeout = ListenerRule.defaultConnectTimeout
         var idleTimeout = ListenerRule.defaultIdleTimeout
         if let entry = fields["timeouts"],
@@ -120,6 +135,7 @@ public struct RuleFileParser {
             maxConnections: maxConnections,
             http: http,
             tls: tls,
+            upstreamTLS: upstreamTLS,
             source: reader.location(of: node)
         )
     }

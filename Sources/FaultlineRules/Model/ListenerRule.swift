@@ -27,6 +27,8 @@ public struct ListenerRule: Sendable, Hashable {
     public var http: HTTPSettings
     /// TLS termination with Faultline's CA; nil for plain TCP/HTTP.
     public var tls: TLSSettings?
+    /// TLS towards the upstream; nil for plain TCP to it.
+    public var upstreamTLS: UpstreamTLSSettings?
     /// Where the listener was declared, for messages that point back at the file.
     public var source: SourceLocation
 
@@ -40,6 +42,7 @@ public struct ListenerRule: Sendable, Hashable {
         maxConnections: Int = ListenerRule.defaultMaxConnections,
         http: HTTPSettings = HTTPSettings(),
         tls: TLSSettings? = nil,
+        upstreamTLS: UpstreamTLSSettings? = nil,
         source: SourceLocation = SourceLocation(file: "<command line>", line: 1, column: 1)
     ) {
         self.name = name
@@ -51,11 +54,29 @@ public struct ListenerRule: Sendable, Hashable {
         self.maxConnections = maxConnections
         self.http = http
         self.tls = tls
+        self.upstreamTLS = upstreamTLS
         self.source = source
     }
 
     /// True when a running listener can take this rule without rebinding its socket.
     public func sameSocket(as other: ListenerRule) -> Bool {
         name == other.name && listen == other.listen && `protocol` == other.protocol
+    }
+}
+
+/// How Faultline speaks TLS to the upstream (`upstream_tls:`): which CAs it trusts, or none
+/// at all when told to be insecure, and the name it asks for and checks.
+public struct UpstreamTLSSettings: Sendable, Hashable {
+    /// A PEM bundle of CAs to trust instead of the system's.
+    public var caFile: String?
+    /// No verification at all (a test service with a throwaway certificate).
+    public var insecure: Bool
+    /// SNI and the name checked; default: the upstream's host when it is a name.
+    public var serverName: String?
+
+    public init(caFile: String? = nil, insecure: Bool = false, serverName: String? = nil) {
+        self.caFile = caFile
+        self.insecure = insecure
+        self.serverName = serverName
     }
 }
