@@ -45,30 +45,48 @@ struct TLSContexts: Sendable {
             return try NIOSSLContext(configuration: configuration)
         }
 
+        /// The user's own certificate and key, if the block names them: the good certificate.
+        func ownContext(adjust: (inout TLSConfiguration) throws -> Void = { _ in }) throws -> NIOSSLContext? {
+            guard let certificateFile = settings.certificateFile, let keyFile = settings.keyFile else { return nil }
+            do {
+                let chain = try NIOSSLCertificate.fromPEMFile(certificateFile)
+                let key = try NIOSSLPrivateKey(file: keyFile, format: .pem)
+                var configuration = TLSConfiguration.makeServerConfiguration(
+                    certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+                try adjust(&configuration)
+                return try NIOSSLContext(configuration: configuration)
+            } catch {
+                throw CertificateAuthorityError(description: "tls: cannot use \(certificateFile) and \(keyFile): \(error)")
+            }
+        }
+
         var faulty: [String: NIOSSLContext] = [:]
         for rule in faults {
             switch rule.action {
             case .handshake(let fault):
                 switch fault.kind {
                 case .old_protocol:
-                    faulty[rule.name] = try context(.good) {
+                    let oldProtocol: (inout TLSConfiguration) -> Void = {
                         $0.minimumTLSVersion = .tlsv1
                         $0.maximumTLSVersion = .tlsv1
                     }
+                    faulty[rule.name] = try ownContext(adjust: oldProtocol) ?? context(.good, adjust: oldProtocol)
                 case .client_certificate:
                     let root = try NIOSSLCertificate(bytes: Array(ca.certificate.serializeAsPEM().pemString.utf8), format: .pem)
-                    faulty[rule.name] = try context(.good) {
+                    let requireClient: (inout TLSConfiguration) -> Void = {
                         $0.certificateVerification = .noHostnameVerification
                         $0.trustRoots = .certificates([root])
                     }
+                    faulty[rule.name] = try ownContext(adjust: requireClient) ?? context(.good, adjust: requireClient)
                 case .alert:
                     // Failing the certificate choice makes BoringSSL end the handshake with a
                     // fatal alert right after the client's hello.
-                    faulty[rule.name] = try context(.good) {
+                    let failHello: (inout TLSConfiguration) -> Void = {
                         $0.sslContextCallback = { _, promise in
                             promise.fail(CertificateAuthorityError(description: "handshake fault: alert"))
                         }
                     }
+                    faulty[rule.name] = try ownContext(adjust: failHello) ?? context(.good, adjust: failHello)
                 case .close, .delay:
                     continue  // the good certificate, behind a HandshakeGate
                 }
@@ -88,7 +106,7 @@ struct TLSContexts: Sendable {
             }
         }
         self.faulty = faulty
-        normal = try context(.good)
+        normal = try ownContext() ?? context(.good)
     }
 
     /// The context for a new connection: the first enabled certificate fault that targets the

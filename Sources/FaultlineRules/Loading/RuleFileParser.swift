@@ -77,8 +77,13 @@ public struct RuleFileParser {
         if let entry = fields["tls"] {
             if case .scalar(let scalar) = entry.value, scalar.isNullLike {
                 tls = TLSSettings.fromSNI
-            } else if let t = reader.fields(entry.value, path: entry.path, allowed: ["names"]) {
+            } else if let t = reader.fields(entry.value, path: entry.path, allowed: ["names", "certificate", "key"]) {
                 var settings = TLSSettings.fromSNI
+                if let certificate = t["certificate"] { settings.certificateFile = reader.string(certificate) }
+                if let key = t["key"] { settings.keyFile = reader.string(key) }
+                if (settings.certificateFile == nil) != (settings.keyFile == nil) {
+                    reader.report("\(entry.path): certificate and key go together", at: (t["certificate"] ?? t["key"])!.key)
+                }
                 if let names = t["names"], let items = reader.sequence(names) {
                     settings.names = items.compactMap { item in
                         guard case .scalar(let scalar) = item, !scalar.string.isEmpty, !scalar.isNullLike else {

@@ -160,10 +160,17 @@ public struct TLSSettings: Sendable, Hashable {
     /// No names listed: each connection gets a certificate for the name its client asked for
     /// (SNI), minted on first use and cached; `names` serve clients that ask for none.
     public var namesFromSNI: Bool
+    /// A certificate (PEM, with its chain) and key of the user's own, presented instead of a
+    /// minted one when no fault says otherwise; certificate faults are still minted.
+    public var certificateFile: String?
+    public var keyFile: String?
 
-    public init(names: [String] = TLSSettings.defaultNames, namesFromSNI: Bool = false) {
+    public init(names: [String] = TLSSettings.defaultNames, namesFromSNI: Bool = false,
+                certificateFile: String? = nil, keyFile: String? = nil) {
         self.names = names
         self.namesFromSNI = namesFromSNI
+        self.certificateFile = certificateFile
+        self.keyFile = keyFile
     }
 
     /// The block without `names`: certificates for whatever name the client asks for.

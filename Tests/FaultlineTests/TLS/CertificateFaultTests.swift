@@ -140,6 +140,36 @@ enum OpenSSL {
 /// the daemon's TLS listeners present certificates that chain to it.
 @Suite(.serialized)
 struct CAExportTests {
+    /// A certificate and key of the user's own (`tls: {certificate, key}`) are what clients
+    /// get; certificate faults still present Faultline's bad ones.
+    @Test func ownCertificateAndKey() async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("fl-own-cert-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let made = try await OpenSSL.run([
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", folder + "/key.pem", "-out", folder + "/cert.pem", "-days", "30", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost",
+        ])
+        #expect(made.status == 0, "\(made.output)")
+        let expired = FaultRule(name: "expired", listener: "test", enabled: false,
+                                action: .certificate(CertificateFault(kind: .expired, within: .seconds(1))))
+        try await withHTTPProxy(faults: [expired], configure: {
+            $0.tls = TLSSettings(names: ["localhost"], certificateFile: folder + "/cert.pem", keyFile: folder + "/key.pem")
+        }) { daemon, port, _ in
+            let result = try await Curl.run(["--cacert", folder + "/cert.pem", "https://localhost:\(port)/"])
+            #expect(result.status == 0, "\(result.log)")
+            #expect(result.text == "hello from the Faultline demo service\n")
+            var rules = RuleSet(listeners: [daemon.proxy.listener(named: "test")!.rule], faults: [expired])
+            rules.faults[0].enabled = true
+            try await daemon.proxy.apply(rules)
+            let caFile = folder + "/faultline-ca.pem"
+            try daemon.proxy.authorities.main().pem.write(toFile: caFile, atomically: true, encoding: .utf8)
+            let bad = try await Curl.run(["--cacert", caFile, "https://localhost:\(port)/"])
+            #expect(bad.log.contains("certificate has expired"), "\(bad.log)")
+        }
+    }
+
     /// The user's own CA (here made by openssl) in the state folder is used as it is.
     @Test func ownCAInTheStateFolderSignsTheLeaves() async throws {
         let state = FileManager.default.temporaryDirectory.appendingPathComponent("fl-own-ca-\(UUID().uuidString)").path
