@@ -36,14 +36,15 @@ struct IdleTimeoutTests {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let echo = try await TestServer.start(group: group) { EchoHandler() }
         let daemon = try await TestDaemon.start(
-            [TestDaemon.listener(upstreamPort: echo.port) { $0.idleTimeout = .seconds(1) }])
+            [TestDaemon.listener(upstreamPort: echo.port) { $0.idleTimeout = .seconds(2) }])
 
         let client = try await LineClient.connect(port: daemon.port(), group: group)
         let start = ContinuousClock.now
-        // An exchange every 50 ms for 3.5 s: over three idle periods, never idle. (The gaps
-        // are far below the timeout even on a busy machine; every exchange must succeed.)
+        // An exchange every 50 ms for 6.5 s: over three idle periods, never idle. (The gaps
+        // stay far below the timeout even on a busy machine with a sanitizer build; every
+        // exchange must succeed.)
         var exchanges = 0
-        while ContinuousClock.now - start < .milliseconds(3500) {
+        while ContinuousClock.now - start < .milliseconds(6500) {
             #expect(try await client.exchange("tick \(exchanges)") == "tick \(exchanges)")
             exchanges += 1
             try await Task.sleep(for: .milliseconds(50))

@@ -21,7 +21,8 @@ import Glibc
                 #expect(try await client.exchange("ping \(round)") == "ping \(round)")
                 let elapsed = ContinuousClock.now - start
                 #expect(elapsed >= .milliseconds(200))
-                #expect(elapsed < .milliseconds(1500))
+                // Loose: a sanitizer build on a busy 2-core machine has stalled for seconds.
+                #expect(elapsed < .seconds(6))
             }
             try await client.close()
             #expect(await daemon.injections("slow") == 1)

@@ -217,10 +217,10 @@ import Testing
         try await withHTTPProxy { daemon, port, _ in
             let rule = daemon.proxy.listener(named: "test")!.rule
             // One curl, two requests on one connection; the rule arrives between them (the
-            // first request is held a second by a rule so that there is time, even in a
-            // sanitizer build).
+            // first request is held 3 s by a rule so that there is time, even in a sanitizer
+            // build on a busy machine).
             try await daemon.proxy.updateFaults(RuleSet(listeners: [rule], faults: [
-                fault("first-slow", .latency(LatencyFault(delay: .seconds(1))), match: RequestMatch(path: .exact("/"))),
+                fault("first-slow", .latency(LatencyFault(delay: .seconds(3))), match: RequestMatch(path: .exact("/"))),
             ]))
             async let both = Curl.run(["-v", "-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_code} ",
                                        "http://127.0.0.1:\(port)/", "http://127.0.0.1:\(port)/bytes/1"])
@@ -230,7 +230,7 @@ import Testing
                 try await Task.sleep(for: .milliseconds(5))
             }
             try await daemon.proxy.updateFaults(RuleSet(listeners: [rule], faults: [
-                fault("first-slow", .latency(LatencyFault(delay: .seconds(1))), match: RequestMatch(path: .exact("/"))),
+                fault("first-slow", .latency(LatencyFault(delay: .seconds(3))), match: RequestMatch(path: .exact("/"))),
                 fault("now-down", .abort(HTTPAbort(status: 503)), match: RequestMatch(path: .prefix("/bytes/"))),
             ]))
             let result = try await both
