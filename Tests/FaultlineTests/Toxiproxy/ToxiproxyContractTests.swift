@@ -31,7 +31,7 @@ import Testing
             #expect(created.object["enabled"] as? Bool == true)
             #expect((created.object["toxics"] as? [Any])?.isEmpty == true)
             // It listens already, and forwards.
-            let port = Int(listen.split(separator: ":").last!)!
+            let port = try #require(listen.split(separator: ":").last.flatMap { Int($0) }, "\(created.status) \(created.body)")
             let client = try await LineClient.connect(port: port, group: api.group)
             #expect(try await client.exchange("ping") == "ping")
 
