@@ -77,7 +77,7 @@ struct DaemonBinaryTests {
         #expect(receive().hasPrefix("READY=1\nSTATUS=0 files, 1 listener: default"))
         daemon.signal(SIGTERM)
         #expect(receive() == "STOPPING=1")
-        #expect(await daemon.waitForExit() == 0)
+        await daemon.expectCleanExit()
     }
 
     @Test func sigtermLetsOpenConnectionsFinish() async throws {
@@ -127,7 +127,7 @@ struct DaemonBinaryTests {
         daemon.signal(SIGTERM)
         try await connection.closed()
         #expect(ContinuousClock.now - signalledAt >= .milliseconds(300))
-        #expect(await daemon.waitForExit() == 0)
+        await daemon.expectCleanExit()
 
         await echo.stop()
         try await group.shutdownGracefully()

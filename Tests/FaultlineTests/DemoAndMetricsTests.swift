@@ -42,6 +42,6 @@ struct DemoAndMetricsTests {
         #expect(metrics.output.contains(#"faultline_connection_duration_seconds_count{listener="default"} 3"#))
 
         daemon.signal(SIGTERM)
-        #expect(await daemon.waitForExit() == 0)
+        await daemon.expectCleanExit()
     }
 }

@@ -144,7 +144,7 @@ struct LimitsTests {
         #expect(failures >= Double(episodes))
         try await first.close()
         daemon.signal(SIGTERM)
-        #expect(await daemon.waitForExit() == 0)
+        await daemon.expectCleanExit()
         await echo.stop()
         try await group.shutdownGracefully()
     }

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import NIOConcurrencyHelpers
 import Synchronization
 import Testing
 
@@ -128,7 +129,7 @@ struct ReloadStormTests {
                 + "write to in force (100 ms debounce included) p50 \(p50) p99 \(p99) max \(latencies.last!)")
 
         daemon.signal(SIGTERM)
-        #expect(await daemon.waitForExit() == 0)
+        await daemon.expectCleanExit()
         await echo.stop()
         try await group.shutdownGracefully()
         try? FileManager.default.removeItem(atPath: folder)
@@ -157,7 +158,7 @@ struct ReloadStormTests {
 
         try await open.close()
         daemon.signal(SIGTERM)
-        #expect(await daemon.waitForExit() == 0)
+        await daemon.expectCleanExit()
         await echo.stop()
         try await group.shutdownGracefully()
         try? FileManager.default.removeItem(atPath: folder)
@@ -258,7 +259,7 @@ final class StormClients: Sendable {
     private let exchanges = Atomic<Int>(0)
     private let failures = Atomic<Int>(0)
     private let finished = Atomic<Int>(0)
-    private let firstFailure = Mutex<String?>(nil)
+    private let firstFailure = NIOLockedValueBox<String?>(nil)
 
     init(port: Int, count: Int) {
         self.port = port
@@ -282,12 +283,12 @@ final class StormClients: Sendable {
             try? await Task.sleep(for: .milliseconds(10))
         }
         if finished.load(ordering: .acquiring) < count { fail("clients did not stop within 30 s") }
-        return (exchanges.load(ordering: .relaxed), failures.load(ordering: .relaxed), firstFailure.withLock { $0 })
+        return (exchanges.load(ordering: .relaxed), failures.load(ordering: .relaxed), firstFailure.withLockedValue { $0 })
     }
 
     private func fail(_ what: String) {
         failures.add(1, ordering: .relaxed)
-        firstFailure.withLock { if $0 == nil { $0 = what } }
+        firstFailure.withLockedValue { if $0 == nil { $0 = what } }
     }
 
     private func run(seed: UInt64) {

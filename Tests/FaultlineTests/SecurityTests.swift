@@ -31,7 +31,7 @@ struct SecurityTests {
         ])
         #expect(await daemon.waitForLog("started"))
         daemon.signal(SIGTERM)
-        #expect(await daemon.waitForExit() == 0)
+        await daemon.expectCleanExit()
     }
 
     /// Authorization, Cookie and bodies never reach the log, even at trace level and when the
@@ -54,7 +54,7 @@ struct SecurityTests {
         _ = await RawClient.send(
             port: port, "GET / HTTP/1.1\r\nCookie: c00kie-value" + String(repeating: "x", count: 70_000) + "\r\n\r\n")
         daemon.signal(SIGTERM)
-        #expect(await daemon.waitForExit() == 0)
+        await daemon.expectCleanExit()
         let log = daemon.standardError + daemon.standardOutput
         #expect(log.contains(" debug "))  // the log was verbose
         for secret in ["s3cr3t", "c00kie", "b0dy-secret"] {

@@ -3,7 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
-import Synchronization
+import NIOConcurrencyHelpers
 import UnixSignals
 
 /// How the daemon runs, apart from the rules.
@@ -49,9 +49,9 @@ public final class Daemon: Sendable {
     public let demoServer: SmallHTTPServer?
     public let reloader: RuleReloader
     private let logger: Logger
-    private let control = Mutex<(server: SmallHTTPServer, path: String)?>(nil)
-    private let controlTCP = Mutex<SmallHTTPServer?>(nil)
-    private let toxiproxy = Mutex<SmallHTTPServer?>(nil)
+    private let control = NIOLockedValueBox<(server: SmallHTTPServer, path: String)?>(nil)
+    private let controlTCP = NIOLockedValueBox<SmallHTTPServer?>(nil)
+    private let toxiproxy = NIOLockedValueBox<SmallHTTPServer?>(nil)
     public let startedAt = ContinuousClock.now
 
     private init(group: MultiThreadedEventLoopGroup, metrics: FaultlineMetrics, proxy: ProxyService,
@@ -111,14 +111,14 @@ public final class Daemon: Sendable {
                     let server = try await bindServer(
                         "control API", address, group: group, maxBodyBytes: ControlAPI.maxBodyBytes, tooLarge: ControlAPI.tooLarge,
                         malformed: ControlAPI.malformed, handler: api.handler)
-                    daemon.controlTCP.withLock { $0 = server }
+                    daemon.controlTCP.withLockedValue { $0 = server }
                     logger.info("control API listening", metadata: ["address": "\(server.localAddress)"])
                 }
                 if let address = options.toxiproxyAddress {
                     let api = ToxiproxyAPI(daemon: daemon)
                     let server = try await bindServer(
                         "Toxiproxy API", address, group: group, malformed: ToxiproxyAPI.malformed, handler: api.handler)
-                    daemon.toxiproxy.withLock { $0 = server }
+                    daemon.toxiproxy.withLockedValue { $0 = server }
                     logger.info("Toxiproxy-compatible API listening", metadata: ["address": "\(server.localAddress)"])
                 }
             } catch {
@@ -130,13 +130,13 @@ public final class Daemon: Sendable {
     }
 
     /// The control socket's server, once bound.
-    public var controlServer: SmallHTTPServer? { control.withLock { $0?.server } }
+    public var controlServer: SmallHTTPServer? { control.withLockedValue { $0?.server } }
 
     /// The Toxiproxy-compatible API, if asked for.
-    public var toxiproxyServer: SmallHTTPServer? { toxiproxy.withLock { $0 } }
+    public var toxiproxyServer: SmallHTTPServer? { toxiproxy.withLockedValue { $0 } }
 
     /// The control API on TCP, if asked for.
-    public var controlTCPServer: SmallHTTPServer? { controlTCP.withLock { $0 } }
+    public var controlTCPServer: SmallHTTPServer? { controlTCP.withLockedValue { $0 } }
 
     private func bindControlSocket(path: String, mode: mode_t) async throws {
         try ControlSocketFile.prepare(path)
@@ -153,7 +153,7 @@ public final class Daemon: Sendable {
             throw DaemonStartError(description: "control socket cannot listen on \(path): \(ProxyListener.describe(error))")
         }
         chmod(path, mode)
-        control.withLock { $0 = (server, path) }
+        control.withLockedValue { $0 = (server, path) }
         logger.info("control socket listening", metadata: ["path": "\(path)"])
     }
 
@@ -222,7 +222,7 @@ public struct DaemonStartError: Error, CustomStringConvertible {
 
 extension Daemon {
     fileprivate func removeControlSocket() {
-        if let path = control.withLock({ $0?.path }) { unlink(path) }
+        if let path = control.withLockedValue({ $0?.path }) { unlink(path) }
     }
 }
 

@@ -1,7 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// A whole HTTP request, body included (small control and metrics requests only).
 public struct SmallHTTPRequest: Sendable {
@@ -40,7 +40,7 @@ public final class SmallHTTPServer: Sendable {
     /// Taken exactly once, by `run()` or else by `close()`, so that the channel's inbound
     /// stream ends while its event loop is alive (left to deinit, it would schedule on a loop
     /// already shut down).
-    private let serverChannel: Mutex<NIOAsyncChannel<Connection, Never>?>
+    private let serverChannel: NIOLockedValueBox<NIOAsyncChannel<Connection, Never>?>
     private let channel: Channel
     private let handler: Handler
     private let maxBodyBytes: Int
@@ -55,7 +55,7 @@ public final class SmallHTTPServer: Sendable {
         tooLarge: @escaping @Sendable (Int) -> SmallHTTPResponse
     ) {
         self.tooLargeResponse = tooLarge
-        self.serverChannel = Mutex(serverChannel)
+        self.serverChannel = NIOLockedValueBox(serverChannel)
         self.channel = serverChannel.channel
         self.handler = handler
         self.maxBodyBytes = maxBodyBytes
@@ -119,7 +119,7 @@ public final class SmallHTTPServer: Sendable {
     }
 
     private func take() -> NIOAsyncChannel<Connection, Never>? {
-        serverChannel.withLock { channel in
+        serverChannel.withLockedValue { channel in
             defer { channel = nil }
             return channel
         }

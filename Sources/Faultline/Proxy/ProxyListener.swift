@@ -3,7 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
-import Synchronization
+import NIOConcurrencyHelpers
 
 #if canImport(Glibc)
 import Glibc
@@ -36,7 +36,7 @@ public final class ProxyListener: Sendable {
         self.logger = logger
     }
 
-    public var rule: ListenerRule { configuration.value.withLock { $0.rule } }
+    public var rule: ListenerRule { configuration.value.withLockedValue { $0.rule } }
 
     /// True when this running listener can take `new` without rebinding: same name, protocol
     /// and address, where a rule that names the port the kernel chose for port 0 (as a
@@ -104,8 +104,8 @@ public final class ProxyListener: Sendable {
 
     /// Holds the mutex so that the channel initializers and the listener share one.
     final class ConfigurationBox: Sendable {
-        let value: Mutex<ListenerConfiguration>
-        init(_ configuration: ListenerConfiguration) { value = Mutex(configuration) }
+        let value: NIOLockedValueBox<ListenerConfiguration>
+        init(_ configuration: ListenerConfiguration) { value = NIOLockedValueBox(configuration) }
     }
 
     private static func bind(
@@ -116,7 +116,7 @@ public final class ProxyListener: Sendable {
         listenerGuard: ListenerGuard,
         logger: Logger
     ) async throws -> Channel {
-        let acceptErrors = configuration.value.withLock { $0.metrics.acceptErrors }
+        let acceptErrors = configuration.value.withLockedValue { $0.metrics.acceptErrors }
         return try await ServerBootstrap(group: loop)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -142,7 +142,7 @@ public final class ProxyListener: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // The configuration is read once, here: the connection keeps it for life.
-                    let listener = configuration.value.withLock { $0 }
+                    let listener = configuration.value.withLockedValue { $0 }
                     guard listenerGuard.admit(channel, limit: listener.rule.maxConnections, rejected: listener.metrics.rejectedOverLimit)
                     else {
                         ProxyConnection.reset(channel)
@@ -180,7 +180,7 @@ public final class ProxyListener: Sendable {
     /// listener). New connections take all of it; open connections follow the fault rules.
     func update(rule: ListenerRule, faults: [FaultRule], metrics: FaultlineMetrics) async throws {
         let new = try ListenerConfiguration(rule: rule, faults: faults, metrics: metrics, authorities: authorities)
-        configuration.value.withLock { $0 = new }
+        configuration.value.withLockedValue { $0 = new }
         for acceptor in acceptors {
             try? await acceptor.tracker.eventLoop.submit { acceptor.tracker.rulesChanged(new) }.get()
         }
@@ -215,7 +215,7 @@ public final class ProxyListener: Sendable {
     /// Folds each loop's counts since the last scrape into the shared metrics; the data path
     /// itself only adds to plain integers on its own loop.
     func collectMetrics() async {
-        let (metrics, http) = configuration.value.withLock { ($0.metrics, $0.http) }
+        let (metrics, http) = configuration.value.withLockedValue { ($0.metrics, $0.http) }
         var open = 0
         var inFlight = 0
         for acceptor in acceptors {

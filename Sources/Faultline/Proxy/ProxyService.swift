@@ -4,7 +4,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// The proxy listeners as one long-running `Service`: started from a rule set, drained on
 /// graceful shutdown (stop accepting, let open connections finish for the grace period, then
@@ -17,11 +17,11 @@ public final class ProxyService: Service, Sendable {
     private let seed: UInt64
     /// Faultline's CA for TLS listeners (loaded or created on first need).
     public let authorities: CertificateAuthorities
-    private let listenersByName: Mutex<[String: ProxyListener]>
+    private let listenersByName: NIOLockedValueBox<[String: ProxyListener]>
     /// Listeners removed from the rules: no longer accepting, kept until their connections
     /// end, each with the task that waits for that. A drain cancels and awaits those tasks
     /// before it takes the listeners over, so that none outlives the event loops.
-    private let retired: Mutex<[ObjectIdentifier: (listener: ProxyListener, watch: Task<Void, Never>)]>
+    private let retired: NIOLockedValueBox<[ObjectIdentifier: (listener: ProxyListener, watch: Task<Void, Never>)]>
 
     init(group: MultiThreadedEventLoopGroup, metrics: FaultlineMetrics, gracePeriod: Duration, seed: UInt64,
          authorities: CertificateAuthorities, logger: Logger) {
@@ -31,8 +31,8 @@ public final class ProxyService: Service, Sendable {
         self.gracePeriod = gracePeriod
         self.seed = seed
         self.logger = logger
-        self.listenersByName = Mutex([:])
-        self.retired = Mutex([:])
+        self.listenersByName = NIOLockedValueBox([:])
+        self.retired = NIOLockedValueBox([:])
     }
 
     /// Starts every listener of `rules`. Either all of them listen or none does: a listener
@@ -50,7 +50,7 @@ public final class ProxyService: Service, Sendable {
             for listener in started { await listener.stopAccepting() }
             throw error
         }
-        listenersByName.withLock { listeners in
+        listenersByName.withLockedValue { listeners in
             for listener in started { listeners[listener.name] = listener }
         }
     }
@@ -69,7 +69,7 @@ public final class ProxyService: Service, Sendable {
     /// connections too), and removed ones stop accepting while their open connections finish.
     /// No open connection is closed.
     public func apply(_ rules: RuleSet) async throws {
-        let current = listenersByName.withLock { $0 }
+        let current = listenersByName.withLockedValue { $0 }
         var toStart: [ListenerRule] = []
         var toUpdate: [(ProxyListener, ListenerRule)] = []
         var toRetire: [ProxyListener] = []
@@ -101,7 +101,7 @@ public final class ProxyService: Service, Sendable {
         for (listener, rule) in toUpdate {
             try await listener.update(rule: rule, faults: rules.faults(forListener: rule.name), metrics: metrics)
         }
-        listenersByName.withLock { listeners in
+        listenersByName.withLockedValue { listeners in
             for listener in toRetire where listeners[listener.name] === listener { listeners[listener.name] = nil }
             for listener in started { listeners[listener.name] = listener }
         }
@@ -112,7 +112,7 @@ public final class ProxyService: Service, Sendable {
     private func retire(_ listener: ProxyListener) async {
         await listener.stopAccepting()
         logger.info("listener removed; open connections may finish", metadata: ["listener": "\(listener.name)"])
-        retired.withLock { retired in
+        retired.withLockedValue { retired in
             let watch = Task { [self] in
                 while !Task.isCancelled, await listener.openConnections() > 0 {
                     try? await Task.sleep(for: .milliseconds(200))
@@ -120,7 +120,7 @@ public final class ProxyService: Service, Sendable {
                 if Task.isCancelled { return }  // a drain has taken over
                 await listener.collectMetrics()
                 await listener.closeAllConnections()  // stops the idle sweep; nothing is open
-                self.retired.withLock { $0[ObjectIdentifier(listener)] = nil }
+                self.retired.withLockedValue { $0[ObjectIdentifier(listener)] = nil }
             }
             retired[ObjectIdentifier(listener)] = (listener, watch)
         }
@@ -129,22 +129,22 @@ public final class ProxyService: Service, Sendable {
     /// Closes the open connections of a listener that was just removed or switched off, at
     /// once, instead of letting them finish (a Toxiproxy proxy that is disabled or deleted).
     public func closeConnections(ofRemoved name: String) async {
-        let removed = retired.withLock { $0.values.filter { $0.listener.name == name } }
+        let removed = retired.withLockedValue { $0.values.filter { $0.listener.name == name } }
         for entry in removed {
             await entry.listener.closeAllConnections()
         }
     }
 
     private var retiredListeners: [ProxyListener] {
-        retired.withLock { $0.values.map(\.listener) }
+        retired.withLockedValue { $0.values.map(\.listener) }
     }
 
     public func listener(named name: String) -> ProxyListener? {
-        listenersByName.withLock { $0[name] }
+        listenersByName.withLockedValue { $0[name] }
     }
 
     public var listeners: [ProxyListener] {
-        listenersByName.withLock { Array($0.values) }.sorted { $0.name < $1.name }
+        listenersByName.withLockedValue { Array($0.values) }.sorted { $0.name < $1.name }
     }
 
     public func run() async throws {
@@ -156,7 +156,7 @@ public final class ProxyService: Service, Sendable {
 
     /// Stops accepting, waits up to `gracePeriod` for open connections to end, closes the rest.
     public func drain(gracePeriod: Duration) async {
-        let watches = retired.withLock { $0.values.map(\.watch) }
+        let watches = retired.withLockedValue { $0.values.map(\.watch) }
         for watch in watches {
             watch.cancel()
             await watch.value

@@ -2,6 +2,7 @@ import FaultlineRules
 import Logging
 import Prometheus
 import ServiceLifecycle
+import NIOConcurrencyHelpers
 import Synchronization
 import UnixSignals
 
@@ -23,10 +24,10 @@ public final class RuleReloader: Service, Sendable {
     private let logger: Logger
     private let debounce: Duration
     private let hangups: UnixSignalsSequence
-    private let current: Mutex<RuleSet>
-    private let lastOutcome: Mutex<ReloadOutcome?>
-    private let overlayState = Mutex(RuntimeOverlay())
-    private let watcher = Mutex<DirectoryWatcher?>(nil)
+    private let current: NIOLockedValueBox<RuleSet>
+    private let lastOutcome: NIOLockedValueBox<ReloadOutcome?>
+    private let overlayState = NIOLockedValueBox(RuntimeOverlay())
+    private let watcher = NIOLockedValueBox<DirectoryWatcher?>(nil)
     private let requests: AsyncStream<Request>
     private let requestSink: AsyncStream<Request>.Continuation
 
@@ -66,8 +67,8 @@ public final class RuleReloader: Service, Sendable {
         self.logger = logger
         self.debounce = debounce
         self.hangups = hangups
-        self.current = Mutex(initial)
-        self.lastOutcome = Mutex(nil)
+        self.current = NIOLockedValueBox(initial)
+        self.lastOutcome = NIOLockedValueBox(nil)
         (requests, requestSink) = AsyncStream.makeStream(of: Request.self)
         let registry = metrics.registry
         let reloads = MetricNameDescriptor(
@@ -85,10 +86,10 @@ public final class RuleReloader: Service, Sendable {
     }
 
     /// The rules of the files, as last loaded successfully.
-    public var rules: RuleSet { current.withLock { $0 } }
+    public var rules: RuleSet { current.withLockedValue { $0 } }
 
     /// What was changed at run time on top of the files.
-    public var overlay: RuntimeOverlay { overlayState.withLock { $0 } }
+    public var overlay: RuntimeOverlay { overlayState.withLockedValue { $0 } }
 
     /// The rules in force: the files' with the runtime overlay applied.
     public var effectiveRules: RuleSet { overlay.effective(rules) }
@@ -104,7 +105,7 @@ public final class RuleReloader: Service, Sendable {
         }
     }
 
-    public var lastReload: ReloadOutcome? { lastOutcome.withLock { $0 } }
+    public var lastReload: ReloadOutcome? { lastOutcome.withLockedValue { $0 } }
 
     /// Reloads now and returns what happened (the control socket's `reload`).
     public func reload(reason: String) async -> ReloadOutcome {
@@ -125,14 +126,14 @@ public final class RuleReloader: Service, Sendable {
                 let change = changes.add(1, ordering: .relaxed).newValue
                 sink.yield(Request(reason: "files changed", reply: nil, change: change))
             }
-            self.watcher.withLock { $0 = watcher }
+            self.watcher.withLockedValue { $0 = watcher }
         } catch {
             logger.warning("rule files are not watched; reload with SIGHUP", metadata: ["error": "\(error)"])
         }
     }
 
     func stopWatching() {
-        watcher.withLock { watcher in
+        watcher.withLockedValue { watcher in
             watcher?.stop()
             watcher = nil
         }
@@ -215,7 +216,7 @@ public final class RuleReloader: Service, Sendable {
         } catch {
             return .failure(.invalid(field: nil, message: "\(error)"))
         }
-        overlayState.withLock { $0 = candidate }
+        overlayState.withLockedValue { $0 = candidate }
         logger.info("runtime faults changed", metadata: [
             "overrides": "\(candidate.overrides.count)", "runtime.faults": "\(candidate.faults.count)",
             "runtime.listeners": "\(candidate.listeners.count)",
@@ -257,8 +258,8 @@ public final class RuleReloader: Service, Sendable {
                 logger.error("rules rejected; the last good rules stay in force", metadata: ["error": "\(error)"])
                 return record(ReloadOutcome(succeeded: false, unchanged: false, errors: ["\(error)"], summary: rules.summary))
             }
-            current.withLock { $0 = loaded }
-            overlayState.withLock { $0 = nextOverlay }
+            current.withLockedValue { $0 = loaded }
+            overlayState.withLockedValue { $0 = nextOverlay }
             if !dropped.isEmpty {
                 logger.warning("runtime changes dropped: they no longer fit the rule files", metadata: ["faults": "\(dropped)"])
             }
@@ -279,7 +280,7 @@ public final class RuleReloader: Service, Sendable {
             lastSuccess.set(Int64(0))
         }
         lastReloadTime.set(Double(ContinuousClock.now.unixSeconds))
-        lastOutcome.withLock { $0 = outcome }
+        lastOutcome.withLockedValue { $0 = outcome }
         return outcome
     }
 }

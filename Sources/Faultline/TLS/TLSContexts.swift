@@ -3,7 +3,7 @@ import FaultlineRules
 import Foundation
 import NIOSSL
 import Prometheus
-import Synchronization
+import NIOConcurrencyHelpers
 import X509
 
 /// The TLS side of a listener: one server context with a good certificate for its names, and
@@ -231,8 +231,8 @@ public final class CertificateAuthorities: Sendable {
     static let sniLeafLimit = 1024
 
     private let folder: String?
-    private let cached = Mutex<(main: CertificateAuthority?, untrusted: CertificateAuthority?)>((nil, nil))
-    private let leaves = Mutex<[LeafKey: (leaf: Leaf, mintedAt: Date)]>([:])
+    private let cached = NIOLockedValueBox<(main: CertificateAuthority?, untrusted: CertificateAuthority?)>((nil, nil))
+    private let leaves = NIOLockedValueBox<[LeafKey: (leaf: Leaf, mintedAt: Date)]>([:])
 
     /// `folder` nil: a CA in memory for this run only.
     public init(folder: String?) {
@@ -240,9 +240,9 @@ public final class CertificateAuthorities: Sendable {
     }
 
     public func main() throws -> CertificateAuthority {
-        if let ca = cached.withLock({ $0.main }) { return ca }
+        if let ca = cached.withLockedValue({ $0.main }) { return ca }
         let ca = try folder.map { try CertificateAuthority.loadOrCreate(in: $0) } ?? CertificateAuthority.make(commonName: "Faultline CA")
-        return cached.withLock { state in
+        return cached.withLockedValue { state in
             if let existing = state.main { return existing }
             state.main = ca
             return ca
@@ -252,24 +252,24 @@ public final class CertificateAuthorities: Sendable {
     /// A leaf from the cache, or `make`'s, cached. For SNI names, nil once the cache is full.
     func cachedLeaf(_ key: LeafKey, limitForSNI: Bool, make: () throws -> Leaf) throws -> Leaf {
         let now = Date()
-        if let entry = leaves.withLock({ $0[key] }), now.timeIntervalSince(entry.mintedAt) < key.kind.reuseFor {
+        if let entry = leaves.withLockedValue({ $0[key] }), now.timeIntervalSince(entry.mintedAt) < key.kind.reuseFor {
             return entry.leaf
         }
-        if limitForSNI, leaves.withLock({ $0.count }) >= Self.sniLeafLimit {
+        if limitForSNI, leaves.withLockedValue({ $0.count }) >= Self.sniLeafLimit {
             throw CertificateAuthorityError(description: "too many names minted for; the listed names serve")
         }
         let leaf = try make()
-        leaves.withLock { $0[key] = (leaf, now) }
+        leaves.withLockedValue { $0[key] = (leaf, now) }
         return leaf
     }
 
     /// The main CA if it has been loaded or made (nil before any TLS listener needed it).
-    public var loaded: CertificateAuthority? { cached.withLock { $0.main } }
+    public var loaded: CertificateAuthority? { cached.withLockedValue { $0.main } }
 
     func untrusted() throws -> CertificateAuthority {
-        if let ca = cached.withLock({ $0.untrusted }) { return ca }
+        if let ca = cached.withLockedValue({ $0.untrusted }) { return ca }
         let ca = try CertificateAuthority.make(commonName: "Faultline untrusted CA")
-        return cached.withLock { state in
+        return cached.withLockedValue { state in
             if let existing = state.untrusted { return existing }
             state.untrusted = ca
             return ca

@@ -75,7 +75,7 @@ struct FaultctlBinaryTests {
         #expect(unreachable.error.contains("cannot reach faultlined"))
 
         daemon.signal(SIGTERM)
-        #expect(await daemon.waitForExit() == 0)
+        await daemon.expectCleanExit()
         #expect(!FileManager.default.fileExists(atPath: socket))
         await echo.stop()
         try await group.shutdownGracefully()

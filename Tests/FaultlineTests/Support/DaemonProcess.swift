@@ -1,5 +1,6 @@
 import Foundation
-import Synchronization
+import Testing
+import NIOConcurrencyHelpers
 
 #if canImport(Glibc)
 import Glibc
@@ -53,8 +54,8 @@ final class DaemonProcess: Sendable {
                 if count < 0, errno == EINTR { continue }
                 guard count > 0 else { break }
                 let text = String(decoding: chunk[0..<count], as: UTF8.self)
-                all.text.withLock { $0 += text }
-                let complete: [String] = pending.text.withLock { buffer in
+                all.text.withLockedValue { $0 += text }
+                let complete: [String] = pending.text.withLockedValue { buffer in
                     buffer += text
                     var parts = buffer.components(separatedBy: "\n")
                     buffer = parts.removeLast()
@@ -72,7 +73,7 @@ final class DaemonProcess: Sendable {
                 let count = read(outputPipe.read, &chunk, chunk.count)
                 if count < 0, errno == EINTR { continue }
                 guard count > 0 else { break }
-                out.text.withLock { $0 += String(decoding: chunk[0..<count], as: UTF8.self) }
+                out.text.withLockedValue { $0 += String(decoding: chunk[0..<count], as: UTF8.self) }
             }
             close(outputPipe.read)
         }.start()
@@ -88,8 +89,8 @@ final class DaemonProcess: Sendable {
     }
 
     /// Everything written to standard error so far.
-    var standardError: String { allOutput.text.withLock { $0 } }
-    var standardOutput: String { stdoutText.text.withLock { $0 } }
+    var standardError: String { allOutput.text.withLockedValue { $0 } }
+    var standardOutput: String { stdoutText.text.withLockedValue { $0 } }
 
     /// Waits (at most `timeout`) for a log line that contains `text`.
     func waitForLog(_ text: String, timeout: Duration = .seconds(20)) async -> Bool {
@@ -130,6 +131,13 @@ final class DaemonProcess: Sendable {
         return process.exitCode ?? -1
     }
 
+    /// Waits for the exit and expects status 0; otherwise the failure shows the daemon's last
+    /// output (a sanitizer's report, a crash), which would be gone with the process.
+    func expectCleanExit(sourceLocation: SourceLocation = #_sourceLocation) async {
+        let status = await waitForExit()
+        #expect(status == 0, "the daemon's last output:\n\(standardError.suffix(6000))", sourceLocation: sourceLocation)
+    }
+
     /// Runs the binary to completion (for `--check` and start errors).
     static func run(_ arguments: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
         let daemon = try DaemonProcess(arguments)
@@ -141,5 +149,5 @@ final class DaemonProcess: Sendable {
 }
 
 final class TextBuffer: Sendable {
-    let text = Mutex<String>("")
+    let text = NIOLockedValueBox<String>("")
 }

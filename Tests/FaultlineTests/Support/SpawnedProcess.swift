@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import NIOConcurrencyHelpers
 
 #if canImport(Glibc)
 import Glibc
@@ -16,7 +16,7 @@ import Glibc
 final class SpawnedProcess: Sendable {
     let pid: pid_t
     /// The wait status once reaped; reaping happens once, in whichever query sees the exit.
-    private let waitStatus = Mutex<Int32?>(nil)
+    private let waitStatus = NIOLockedValueBox<Int32?>(nil)
 
     /// Starts `executable` (a path, or a name looked up on PATH) with the given standard
     /// descriptors, which the caller keeps and closes.
@@ -45,7 +45,7 @@ final class SpawnedProcess: Sendable {
 
     /// Reaps the child if it has exited (never blocks).
     var isRunning: Bool {
-        waitStatus.withLock { status in
+        waitStatus.withLockedValue { status in
             if status != nil { return false }
             var raw: Int32 = 0
             let reaped = waitpid(pid, &raw, WNOHANG)
@@ -61,7 +61,7 @@ final class SpawnedProcess: Sendable {
     /// The exit code, or 128 + the signal that ended it; nil while it runs.
     var exitCode: Int32? {
         guard !isRunning else { return nil }
-        guard let raw = waitStatus.withLock({ $0 }) else { return -1 }
+        guard let raw = waitStatus.withLockedValue({ $0 }) else { return -1 }
         let signal = raw & 0x7f
         return signal == 0 ? (raw >> 8) & 0xff : 128 + signal
     }

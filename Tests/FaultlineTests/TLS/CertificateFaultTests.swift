@@ -195,7 +195,7 @@ struct CAExportTests {
         #expect(result.status == 0, "\(result.log)")
         #expect(result.log.contains("issuer: CN=Our own CA") || result.log.contains("issuer: CN = Our own CA"), "\(result.log)")
         daemon.signal(SIGTERM)
-        #expect(await daemon.waitForExit() == 0)
+        await daemon.expectCleanExit()
     }
 
     @Test func exportCreatesTheCAOnceAndTheDaemonUsesIt() async throws {
@@ -228,7 +228,7 @@ struct CAExportTests {
         let result = try await Curl.run(["--cacert", caFile, "https://localhost:\(port)/"])
         #expect(result.text == "hello from the Faultline demo service\n", "\(result.log)")
         daemon.signal(SIGTERM)
-        #expect(await daemon.waitForExit() == 0)
+        await daemon.expectCleanExit()
     }
 }
 

@@ -26,6 +26,6 @@ struct ToxiproxyClientTests {
         #expect(session.status == 0, "\(session.text)")
         #expect(session.text.contains("toxiproxy client session: passed"))
         daemon.signal(SIGTERM)
-        #expect(await daemon.waitForExit() == 0)
+        await daemon.expectCleanExit()
     }
 }
