@@ -16,7 +16,8 @@ public final class ProxyListener: Sendable {
     public let name: String
     /// The address actually bound (the chosen port when the rule said port 0).
     public let boundAddress: SocketAddress
-    private let configuration: ConfigurationBox
+    /// Shared with the channel initializers of every loop: each new connection reads it once.
+    private let configuration: NIOLockedValueBox<ListenerConfiguration>
     private let acceptors: [Acceptor]
     private let authorities: CertificateAuthorities
     private let logger: Logger
@@ -26,7 +27,7 @@ public final class ProxyListener: Sendable {
         let tracker: ConnectionTracker
     }
 
-    private init(name: String, boundAddress: SocketAddress, configuration: ConfigurationBox,
+    private init(name: String, boundAddress: SocketAddress, configuration: NIOLockedValueBox<ListenerConfiguration>,
                  acceptors: [Acceptor], authorities: CertificateAuthorities, logger: Logger) {
         self.authorities = authorities
         self.name = name
@@ -36,7 +37,7 @@ public final class ProxyListener: Sendable {
         self.logger = logger
     }
 
-    public var rule: ListenerRule { configuration.value.withLockedValue { $0.rule } }
+    public var rule: ListenerRule { configuration.withLockedValue { $0.rule } }
 
     /// True when this running listener can take `new` without rebinding: same name, protocol
     /// and address, where a rule that names the port the kernel chose for port 0 (as a
@@ -62,9 +63,9 @@ public final class ProxyListener: Sendable {
     ) async throws -> ProxyListener {
         var logger = baseLogger
         logger[metadataKey: "listener"] = "\(rule.name)"
-        let configurationBox: ConfigurationBox
+        let configuration: NIOLockedValueBox<ListenerConfiguration>
         do {
-            configurationBox = ConfigurationBox(
+            configuration = NIOLockedValueBox(
                 try ListenerConfiguration(rule: rule, faults: faults, metrics: metrics, authorities: authorities))
         } catch let error as CertificateAuthorityError {
             throw ListenerStartError(listener: rule.name, address: rule.listen, reason: error.description)
@@ -82,7 +83,7 @@ public final class ProxyListener: Sendable {
             for (index, loop) in loops.enumerated() {
                 let tracker = ConnectionTracker(eventLoop: loop, loopIndex: index, loopCount: loops.count, seed: seed)
                 let channel = try await Self.bind(
-                    address: address, loop: loop, tracker: tracker, configuration: configurationBox,
+                    address: address, loop: loop, tracker: tracker, configuration: configuration,
                     listenerGuard: listenerGuard, logger: logger)
                 if index == 0, let bound = channel.localAddress {
                     // Port 0: every other loop binds the port the kernel chose for the first.
@@ -98,25 +99,19 @@ public final class ProxyListener: Sendable {
         }
         logger.info("listening", metadata: ["address": "\(address)", "upstream": "\(rule.upstream)"])
         return ProxyListener(
-            name: rule.name, boundAddress: address, configuration: configurationBox,
+            name: rule.name, boundAddress: address, configuration: configuration,
             acceptors: acceptors, authorities: authorities, logger: logger)
-    }
-
-    /// Holds the mutex so that the channel initializers and the listener share one.
-    final class ConfigurationBox: Sendable {
-        let value: NIOLockedValueBox<ListenerConfiguration>
-        init(_ configuration: ListenerConfiguration) { value = NIOLockedValueBox(configuration) }
     }
 
     private static func bind(
         address: SocketAddress,
         loop: EventLoop,
         tracker: ConnectionTracker,
-        configuration: ConfigurationBox,
+        configuration: NIOLockedValueBox<ListenerConfiguration>,
         listenerGuard: ListenerGuard,
         logger: Logger
     ) async throws -> Channel {
-        let acceptErrors = configuration.value.withLockedValue { $0.metrics.acceptErrors }
+        let acceptErrors = configuration.withLockedValue { $0.metrics.acceptErrors }
         return try await ServerBootstrap(group: loop)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -142,7 +137,7 @@ public final class ProxyListener: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // The configuration is read once, here: the connection keeps it for life.
-                    let listener = configuration.value.withLockedValue { $0 }
+                    let listener = configuration.withLockedValue { $0 }
                     guard listenerGuard.admit(channel, limit: listener.rule.maxConnections, rejected: listener.metrics.rejectedOverLimit)
                     else {
                         ProxyConnection.reset(channel)
@@ -180,7 +175,7 @@ public final class ProxyListener: Sendable {
     /// listener). New connections take all of it; open connections follow the fault rules.
     func update(rule: ListenerRule, faults: [FaultRule], metrics: FaultlineMetrics) async throws {
         let new = try ListenerConfiguration(rule: rule, faults: faults, metrics: metrics, authorities: authorities)
-        configuration.value.withLockedValue { $0 = new }
+        configuration.withLockedValue { $0 = new }
         for acceptor in acceptors {
             try? await acceptor.tracker.eventLoop.submit { acceptor.tracker.rulesChanged(new) }.get()
         }
@@ -215,7 +210,7 @@ public final class ProxyListener: Sendable {
     /// Folds each loop's counts since the last scrape into the shared metrics; the data path
     /// itself only adds to plain integers on its own loop.
     func collectMetrics() async {
-        let (metrics, http) = configuration.value.withLockedValue { ($0.metrics, $0.http) }
+        let (metrics, http) = configuration.withLockedValue { ($0.metrics, $0.http) }
         var open = 0
         var inFlight = 0
         for acceptor in acceptors {
