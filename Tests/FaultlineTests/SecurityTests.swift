@@ -15,9 +15,10 @@ struct SecurityTests {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: folder) }
         chmod(folder, 0o777)
-        let port = try unusedPort()
+        // Port 0: a port picked in advance could be taken by a test running beside this one
+        // between the two starts.
         let result = try await DaemonProcess.run([
-            "--listen", "127.0.0.1:\(port)", "--upstream", "127.0.0.1:1", "--no-metrics",
+            "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--no-metrics",
             "--control-socket", folder + "/control.sock",
         ])
         #expect(result.status != 0)
@@ -26,7 +27,7 @@ struct SecurityTests {
         // The same folder made private is fine.
         chmod(folder, 0o700)
         let daemon = try DaemonProcess([
-            "--listen", "127.0.0.1:\(port)", "--upstream", "127.0.0.1:1", "--no-metrics",
+            "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--no-metrics",
             "--control-socket", folder + "/control.sock",
         ])
         #expect(await daemon.waitForLog("started"))
