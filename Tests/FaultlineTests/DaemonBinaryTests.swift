@@ -148,23 +148,8 @@ final class LineClient: Sendable {
     }
 
     static func connectBlocking(port: Int) throws -> LineClient {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard result == 0 else {
-            let error = errno
-            Glibc.close(fd)
-            throw IOError(errnoCode: error, reason: "connect")
+        guard let fd = RawClient.connectedSocket(port: port, timeout: .seconds(10)) else {
+            throw IOError(errnoCode: errno, reason: "connect")
         }
         return LineClient(fd: fd)
     }

@@ -221,20 +221,10 @@ struct ReloadStormTests {
     /// GET /metrics with a plain socket (HTTP/1.0, so the answer ends at end of file).
     static func scrape(metricsPort: Int) async throws -> String {
         try await offThePool {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            defer { close(fd) }
-            var timeout = timeval(tv_sec: 5, tv_usec: 0)
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            address.sin_port = in_port_t(UInt16(metricsPort).bigEndian)
-            let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-                }
+            guard let fd = RawClient.connectedSocket(port: metricsPort, timeout: .seconds(5)) else {
+                throw IOError(errnoCode: errno, reason: "connect")
             }
-            guard connected == 0 else { throw IOError(errnoCode: errno, reason: "connect") }
+            defer { close(fd) }
             let request = Array("GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n".utf8)
             _ = send(fd, request, request.count, Int32(MSG_NOSIGNAL))
             var response: [UInt8] = []
