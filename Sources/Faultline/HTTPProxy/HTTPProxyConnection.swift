@@ -6,12 +6,19 @@ import NIOPosix
 import NIOSSL
 
 /// One request and its response on an `http` listener, from the request head to the end of
-/// the response. Requests on a connection are handled one at a time (NIO's pipelining handler
-/// holds the next one back), so a connection has at most one exchange.
+/// the response. Requests on a connection are handled one at a time (a pipelined request
+/// waits in the connection's queue), so a connection has at most one exchange.
 final class HTTPExchange {
     let startedAt = NIODeadline.now()
     let isHead: Bool
     let clientKeepAlive: Bool
+    /// The head as sent upstream, kept to send it again if a reused upstream connection
+    /// turns out to have been closed by the server (see `HTTPProxyConnection.retryStale`).
+    var head: HTTPRequestHead?
+    /// The request went on an upstream connection taken from the pool.
+    var onReusedUpstream = false
+    var retriedStale = false
+    var bodyPartsSent = 0
     /// The fault decided for this request when its head arrived (it keeps it).
     var fault: RequestFault?
 
@@ -19,6 +26,8 @@ final class HTTPExchange {
     /// or while the upstream is not writable. Reads stop meanwhile, so it stays one read burst.
     var requestQueue = CircularBuffer<HTTPClientRequestPart>(initialCapacity: 4)
     var requestHeld = false
+    /// The request's end has been read: parts after it belong to the next (pipelined) request.
+    var requestEnded = false
     var headSent = false
     var requestSent = false
     /// abort, blackhole and Faultline's own answers: the request is read and dropped.
@@ -97,8 +106,16 @@ final class HTTPProxyConnection: TrackedConnection {
     private var upstreamConnecting = false
     private var upstreamReady = false
     private var upstreamResetSeen = false
+    /// The upstream connection carried an `Upgrade` request: a server that did not switch
+    /// may still have stopped parsing HTTP on it (NIO's decoder does), so it is not pooled.
+    private var upstreamUpgradeSent = false
 
     private var exchange: HTTPExchange?
+    /// Parts of requests a client sent before the answer to the one in flight (pipelining):
+    /// kept in order, with reads stopped, and taken up once that answer is complete. At most
+    /// what the decoder had already read, since reads stay stopped while it is not empty.
+    private var pipelined = CircularBuffer<HTTPServerRequestPart>()
+    private var replayingPipelined = false
     private var headTimer: Scheduled<Void>?
     /// The client half-closed or an answer said `Connection: close`: close after this response.
     private var closeAfterResponse = false
@@ -129,7 +146,9 @@ final class HTTPProxyConnection: TrackedConnection {
         limits.maxHeaderListSize = settings.maxHeadBytes
         limits.maxHeaderFieldSize = settings.maxHeadBytes
         try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-            position: .last, withPipeliningAssistance: true, withServerUpgrade: nil, withErrorHandling: false,
+            // Requests are kept in order here (`pipelined`), not by NIO's pipelining handler:
+            // it stops and restarts reads around every request, two epoll_ctl calls each.
+            position: .last, withPipeliningAssistance: false, withServerUpgrade: nil, withErrorHandling: false,
             // Response heads are the upstream's, already parsed: checking them again costs time.
             withOutboundHeaderValidation: false, withEncoderConfiguration: .init(),
             withDecoderLimitConfiguration: limits)
@@ -159,6 +178,14 @@ final class HTTPProxyConnection: TrackedConnection {
     }
 
     func requestPart(_ part: HTTPServerRequestPart) {
+        if !pipelined.isEmpty || exchange?.requestEnded == true {
+            pipelined.append(part)
+            return
+        }
+        handleRequestPart(part)
+    }
+
+    private func handleRequestPart(_ part: HTTPServerRequestPart) {
         switch part {
         case .head(let head):
             startExchange(head)
@@ -168,6 +195,7 @@ final class HTTPProxyConnection: TrackedConnection {
             sendUpstream(.body(.byteBuffer(buffer)), exchange)
         case .end(let trailers):
             guard let exchange else { return }
+            exchange.requestEnded = true
             if exchange.dropRequest {
                 if let reply = exchange.pendingReply {
                     exchange.pendingReply = nil
@@ -224,15 +252,20 @@ final class HTTPProxyConnection: TrackedConnection {
         clientActive = false
         headTimer?.cancel()
         headTimer = nil
+        pipelined.removeAll()
         if let exchange {
+            // Left mid-request: the upstream connection is in an unknown state.
             exchange.cancelTimers()
             endExchange(exchange, counted: false)
+            closeUpstream()
+        } else {
+            releaseUpstream()
         }
-        closeUpstream()
         finish()
     }
 
     func mayReadClient() -> Bool {
+        if !pipelined.isEmpty { return false }
         guard let exchange else { return true }
         if exchange.upgrading { return false }  // the tunnel reads next
         if exchange.dropRequest { return true }  // read and dropped: memory stays flat
@@ -264,9 +297,30 @@ final class HTTPProxyConnection: TrackedConnection {
             decideFault(&head, exchange)
             if exchange.dropRequest || !clientActive { return }
         }
+        if exchange.upgradeRequested {
+            upstreamUpgradeSent = true
+        } else if head.version == .http1_1, head.headers.contains(name: "connection") {
+            Self.removeHopByHopHeaders(&head.headers)
+        }
+        exchange.head = head
         exchange.requestQueue.append(.head(head))
         ensureUpstream()
         pumpRequest()
+    }
+
+    /// `Connection` and what it names are about the client's own connection (RFC 9110,
+    /// section 7.6.1): a client's `Connection: close` ends its connection after the answer,
+    /// while the upstream connection stays open for the next request or client.
+    /// Never removed on a `Connection` option's say-so: the request's framing and target.
+    private static let framingHeaders: Set<String> = ["close", "content-length", "transfer-encoding", "host"]
+
+    static func removeHopByHopHeaders(_ headers: inout HTTPHeaders) {
+        for option in headers[canonicalForm: "connection"] where !framingHeaders.contains(option.lowercased()) {
+            headers.remove(name: String(option))
+        }
+        headers.remove(name: "connection")
+        headers.remove(name: "keep-alive")
+        headers.remove(name: "proxy-connection")
     }
 
     private func decideFault(_ head: inout HTTPRequestHead, _ exchange: HTTPExchange) {
@@ -340,7 +394,11 @@ final class HTTPProxyConnection: TrackedConnection {
             upstream.isWritable
         {
             upstream.write(part)
-            if case .end = part { requestSent(exchange) }
+            switch part {
+            case .end: requestSent(exchange)
+            case .body: exchange.bodyPartsSent += 1
+            case .head: exchange.headSent = true
+            }
             return
         }
         exchange.requestQueue.append(part)
@@ -357,7 +415,7 @@ final class HTTPProxyConnection: TrackedConnection {
             switch part {
             case .head: exchange.headSent = true
             case .end: requestSent(exchange)
-            case .body: break
+            case .body: exchange.bodyPartsSent += 1
             }
         }
         if wrote { upstream.flush() }
@@ -385,6 +443,17 @@ final class HTTPProxyConnection: TrackedConnection {
 
     private func ensureUpstream() {
         guard upstreamChannel == nil, !upstreamConnecting else { return }
+        if let (channel, handler) = tracker.upstreamPool.take(HTTPUpstreamPool.Target(listener.rule)) {
+            generation += 1
+            handler.adopt(by: self, generation: generation)
+            upstreamChannel = channel
+            upstreamHandler = handler
+            upstreamReady = true
+            upstreamResetSeen = false
+            exchange?.onReusedUpstream = true
+            return
+        }
+        exchange?.onReusedUpstream = false
         upstreamConnecting = true
         upstreamResetSeen = false
         generation += 1
@@ -510,7 +579,14 @@ final class HTTPProxyConnection: TrackedConnection {
                     pumpResponse()
                 }
             }
-            sendToClient(.head(head), exchange)
+            if !exchange.clientKeepAlive, !head.headers.contains(name: "connection") {
+                // The upstream keeps its connection; the client asked for this one to end.
+                var head = head
+                head.headers.add(name: "Connection", value: "close")
+                sendToClient(.head(head), exchange)
+            } else {
+                sendToClient(.head(head), exchange)
+            }
         case .body(let buffer):
             tracker.bytesDownstream &+= Int64(buffer.readableBytes)
             sendToClient(.body(.byteBuffer(buffer)), exchange)
@@ -627,7 +703,8 @@ final class HTTPProxyConnection: TrackedConnection {
     }
 
     private func responseComplete(_ exchange: HTTPExchange, trailers: HTTPHeaders?) {
-        let close = !exchange.clientKeepAlive || !exchange.upstreamKeepAlive || closeAfterResponse
+        // A client that half-closed after pipelining requests still gets every answer.
+        let close = !exchange.clientKeepAlive || !exchange.upstreamKeepAlive || (closeAfterResponse && pipelined.isEmpty)
         if !exchange.upstreamKeepAlive || !exchange.requestSent {
             // The upstream closes, or it answered before the whole request reached it: either
             // way the next request needs a fresh connection.
@@ -635,7 +712,25 @@ final class HTTPProxyConnection: TrackedConnection {
         }
         endExchange(exchange, counted: true)
         clientHandler?.writeEnd(trailers, thenClose: close)
-        if !close { clientHandler?.resumeReading() }
+        if close {
+            pipelined.removeAll()
+        } else {
+            takeUpPipelined()
+        }
+    }
+
+    /// Starts the requests that waited for the answer just completed, until one is in flight
+    /// again; reads resume once none is left.
+    private func takeUpPipelined() {
+        // An answer completed while a pipelined part is being handled (an abort, say) comes
+        // back here: the loop below goes on with the next part.
+        guard !replayingPipelined else { return }
+        replayingPipelined = true
+        defer { replayingPipelined = false }
+        while clientActive, exchange?.requestEnded != true, let part = pipelined.popFirst() {
+            handleRequestPart(part)
+        }
+        if pipelined.isEmpty { clientHandler?.resumeReading() }
     }
 
     /// After a `101`: both channels drop their HTTP handlers and a byte-forwarding
@@ -656,7 +751,6 @@ final class HTTPProxyConnection: TrackedConnection {
             try tunnel.adoptTunnel(client: client, upstream: upstream)
             let clientPipeline = client.pipeline.syncOperations
             if let handler = clientHandler { _ = clientPipeline.removeHandler(handler) }
-            _ = clientPipeline.removeHandler(try clientPipeline.handler(type: HTTPServerPipelineHandler.self))
             _ = clientPipeline.removeHandler(try clientPipeline.handler(type: HTTPResponseEncoder.self))
             _ = clientPipeline.removeHandler(try clientPipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self))
             if let headWatch { _ = clientPipeline.removeHandler(headWatch) }
@@ -709,16 +803,55 @@ final class HTTPProxyConnection: TrackedConnection {
         if !exchange.headSent {
             // Nothing of this request reached the old connection: dial again.
             ensureUpstream()
+            pumpRequest()
             return
         }
+        if retryStale(exchange) { return }
         metrics.upstreamErrors[reset ? .reset : .closed]!.increment()
         fail(exchange, 502, reset
             ? "faultline: the upstream reset the connection before answering\n"
             : "faultline: the upstream closed the connection before answering\n")
     }
 
+    /// A request on a reused upstream connection that the server closed before answering
+    /// (it was closing the idle connection as the request went out): sent once more on a
+    /// fresh connection, when sending it twice cannot do harm. That is what HTTP clients do
+    /// with kept-alive connections (RFC 9112, section 9.3.1): methods that are idempotent by
+    /// definition, no request body, and nothing of the response seen yet.
+    private func retryStale(_ exchange: HTTPExchange) -> Bool {
+        guard exchange.onReusedUpstream, !exchange.retriedStale, exchange.requestSent, exchange.bodyPartsSent == 0,
+            !exchange.responseHeadReceived, exchange.responseQueue.isEmpty, let head = exchange.head,
+            [.GET, .HEAD, .OPTIONS, .TRACE].contains(head.method)
+        else { return false }
+        exchange.retriedStale = true
+        exchange.responseTimer?.cancel()
+        exchange.responseTimer = nil
+        exchange.headSent = false
+        exchange.requestSent = false
+        exchange.requestQueue.removeAll()
+        exchange.requestQueue.append(.head(head))
+        exchange.requestQueue.append(.end(nil))
+        metrics.upstreamErrors[.staleRetried]!.increment()
+        ensureUpstream()
+        pumpRequest()
+        return true
+    }
+
+    /// The client is gone between two requests: its upstream connection, kept alive by the
+    /// server, waits in the loop's pool for the next client instead of being closed.
+    private func releaseUpstream() {
+        guard let channel = upstreamChannel, let handler = upstreamHandler, upstreamReady, !upstreamConnecting,
+            !upstreamUpgradeSent, tracker.upstreamPool.put(channel, handler, target: HTTPUpstreamPool.Target(listener.rule))
+        else {
+            closeUpstream()
+            return
+        }
+        forgetUpstream()
+    }
+
     private func forgetUpstream() {
         generation += 1
+        upstreamUpgradeSent = false
         upstreamChannel = nil
         upstreamHandler = nil
         upstreamReady = false

@@ -126,18 +126,40 @@ final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler
 }
 
 /// Last in an upstream pipeline (after NIO's HTTP client codec). `generation` tells a current
-/// upstream connection from one the connection has already given up.
+/// upstream connection from one the connection has already given up. Between two clients the
+/// connection may wait in the loop's `HTTPUpstreamPool`, parked: it belongs to no client then,
+/// and anything it does (close, send bytes nobody asked for, fail) takes it out of the pool.
 final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = HTTPClientRequestPart
 
-    private let connection: HTTPProxyConnection
-    let generation: Int
+    /// The client connection using this upstream connection; nil while parked.
+    private var connection: HTTPProxyConnection?
+    private(set) var generation: Int
+    private var pool: HTTPUpstreamPool?
     private(set) var context: ChannelHandlerContext?
     private var readHeld = false
 
     init(connection: HTTPProxyConnection, generation: Int) {
+        self.connection = connection
+        self.generation = generation
+    }
+
+    /// Into the pool: from now on the handler answers to the pool only, and keeps reading so
+    /// that the server closing the idle connection is seen at once.
+    func park(in pool: HTTPUpstreamPool) {
+        self.pool = pool
+        connection = nil
+        resumeReading()
+    }
+
+    func unpark() {
+        pool = nil
+    }
+
+    /// Taken from the pool by a client connection, as its upstream of this generation.
+    func adopt(by connection: HTTPProxyConnection, generation: Int) {
         self.connection = connection
         self.generation = generation
     }
@@ -151,27 +173,40 @@ final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandl
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        guard let connection else {
+            pool?.discard(self)
+            return
+        }
         connection.upstreamBecameInactive(generation)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let connection else {
+            // An idle connection has nothing to say: a server that speaks now is out of step.
+            pool?.discard(self)
+            return
+        }
         connection.responsePart(unwrapInboundIn(data), generation: generation)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        connection.upstreamReadComplete(generation)
+        connection?.upstreamReadComplete(generation)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { connection.upstreamBecameWritable(generation) }
+        if context.channel.isWritable { connection?.upstreamBecameWritable(generation) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let connection else {
+            pool?.discard(self)
+            return
+        }
         connection.upstreamError(error, generation: generation)
     }
 
     func read(context: ChannelHandlerContext) {
-        if connection.mayReadUpstream(generation) {
+        if connection?.mayReadUpstream(generation) ?? true {
             context.read()
         } else {
             readHeld = true

@@ -173,6 +173,9 @@ enum HTTPUpstreamError: String, CaseIterable, Sendable {
     case responseTimeout = "response_timeout"
     /// The upstream's response could not be parsed.
     case badResponse = "bad_response"
+    /// A reused idle upstream connection closed before answering, and the request (safe to
+    /// send twice) went again on a new connection; the client saw no error.
+    case staleRetried = "stale_retried"
 
     init(connectFailure reason: UpstreamFailureReason) {
         switch reason {

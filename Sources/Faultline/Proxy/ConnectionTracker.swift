@@ -47,6 +47,9 @@ final class ConnectionTracker: @unchecked Sendable {
     private let idStride: UInt64
     private var idleSweep: RepeatedTask?
 
+    /// `http` listeners: upstream connections kept between clients (empty for `tcp`).
+    let upstreamPool = HTTPUpstreamPool()
+
     /// The random source of this loop's fault decisions for the listener.
     var random: FaultRandom
 
@@ -113,6 +116,7 @@ final class ConnectionTracker: @unchecked Sendable {
         let interval = TimeAmount.nanoseconds(max(idleTimeout.nanoseconds / 4, 1_000_000))
         idleSweep = eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
             for connection in self.connections.values { connection.idleSweep() }
+            self.upstreamPool.closeStale()
         }
     }
 
@@ -127,6 +131,7 @@ final class ConnectionTracker: @unchecked Sendable {
     }
 
     func closeAll() {
+        upstreamPool.close()
         for connection in connections.values { connection.closeAll() }
     }
 

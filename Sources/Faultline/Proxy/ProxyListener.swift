@@ -185,6 +185,9 @@ public final class ProxyListener: Sendable {
     func stopAccepting() async {
         for acceptor in acceptors {
             try? await acceptor.serverChannel.close()
+            // No new client will take an idle upstream connection: close them, and those of
+            // the clients still finishing as they finish.
+            try? await acceptor.tracker.eventLoop.submit { acceptor.tracker.upstreamPool.close() }.get()
         }
     }
 

@@ -103,6 +103,19 @@ import Testing
         }
     }
 
+    /// A client that pipelines requests and then shuts its write side still gets every answer,
+    /// in order, and then the connection closes.
+    @Test func pipelinedRequestsBeforeAHalfCloseAreAllAnswered() async throws {
+        try await withHTTPProxy { _, port, _ in
+            let raw = "GET /bytes/3 HTTP/1.1\r\nHost: a\r\n\r\nGET /bytes/1 HTTP/1.1\r\nHost: a\r\n\r\n"
+                + "GET /bytes/2 HTTP/1.1\r\nHost: a\r\n\r\n"
+            let answer = try await RawHTTP.exchange(port: port, raw, halfClose: true)
+            #expect(answer.components(separatedBy: "HTTP/1.1 200 OK").count == 4)
+            let bodies = answer.components(separatedBy: "\r\n\r\n").dropFirst().map { $0.prefix { $0 == "x" }.count }
+            #expect(bodies == [3, 1, 2])
+        }
+    }
+
     @Test func badRequestsGet400And431And408() async throws {
         try await withHTTPProxy(configure: {
             $0.http.headTimeout = .milliseconds(300)
@@ -304,7 +317,8 @@ final class HTTPBodyCheck: ChannelInboundHandler {
 
 /// One raw exchange: sends `text`, returns everything until the server closes (5 s bound).
 enum RawHTTP {
-    static func exchange(port: Int, _ text: String) async throws -> String {
+    /// With `halfClose`, the client shuts its write side after sending.
+    static func exchange(port: Int, _ text: String, halfClose: Bool = false) async throws -> String {
         try await offThePool {
             guard let fd = RawClient.connectedSocket(port: port, timeout: .seconds(5)) else {
                 throw IOError(errnoCode: errno, reason: "connect")
@@ -312,6 +326,7 @@ enum RawHTTP {
             defer { close(fd) }
             let bytes = Array(text.utf8)
             _ = send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL))
+            if halfClose { shutdown(fd, Int32(SHUT_WR)) }
             var received: [UInt8] = []
             var chunk = [UInt8](repeating: 0, count: 65536)
             while true {

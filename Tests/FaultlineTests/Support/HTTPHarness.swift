@@ -9,6 +9,7 @@ import NIOPosix
 func withHTTPProxy<T>(
     faults: [FaultRule] = [],
     upstreamPort: Int? = nil,
+    eventLoops: Int = 2,
     configure: (inout ListenerRule) -> Void = { _ in },
     _ body: (_ daemon: Daemon, _ port: Int, _ group: EventLoopGroup) async throws -> T
 ) async throws -> T {
@@ -31,7 +32,7 @@ func withHTTPProxy<T>(
         rule.protocol = .http
         configure(&rule)
     }
-    let daemon = try await TestDaemon.start([listener], faults: faults, metrics: true)
+    let daemon = try await TestDaemon.start([listener], faults: faults, metrics: true, eventLoops: eventLoops)
     do {
         let result = try await body(daemon, daemon.port(), group)
         await daemon.shutdown()
