@@ -12,6 +12,8 @@ final class HTTPExchange {
     let startedAt = NIODeadline.now()
     let isHead: Bool
     let clientKeepAlive: Bool
+    /// An HTTP/1.0 client keeps its connection only when the answer says so.
+    var clientIsHTTP10 = false
     /// The head as sent upstream, kept to send it again if a reused upstream connection
     /// turns out to have been closed by the server (see `HTTPProxyConnection.retryStale`).
     var head: HTTPRequestHead?
@@ -292,6 +294,7 @@ final class HTTPProxyConnection: TrackedConnection {
             return
         }
         exchange.upgradeRequested = head.headers.contains(name: "upgrade")
+        exchange.clientIsHTTP10 = head.version == .http1_0
         var head = head
         if !faultConfiguration.faults.isEmpty || settings.headerFaults.enabled {
             decideFault(&head, exchange)
@@ -579,14 +582,18 @@ final class HTTPProxyConnection: TrackedConnection {
                     pumpResponse()
                 }
             }
-            if !exchange.clientKeepAlive, !head.headers.contains(name: "connection") {
-                // The upstream keeps its connection; the client asked for this one to end.
-                var head = head
-                head.headers.add(name: "Connection", value: "close")
-                sendToClient(.head(head), exchange)
-            } else {
-                sendToClient(.head(head), exchange)
+            // The upstream's Connection header is about the upstream connection; the client
+            // hears about its own: closed after this answer, or kept.
+            var head = head
+            if head.headers.contains(name: "connection") || head.headers.contains(name: "keep-alive") {
+                Self.removeHopByHopHeaders(&head.headers)
             }
+            if !exchange.clientKeepAlive || !exchange.upstreamKeepAlive {
+                head.headers.add(name: "Connection", value: "close")
+            } else if exchange.clientIsHTTP10 {
+                head.headers.add(name: "Connection", value: "keep-alive")
+            }
+            sendToClient(.head(head), exchange)
         case .body(let buffer):
             tracker.bytesDownstream &+= Int64(buffer.readableBytes)
             sendToClient(.body(.byteBuffer(buffer)), exchange)

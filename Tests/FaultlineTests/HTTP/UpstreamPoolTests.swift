@@ -24,11 +24,32 @@ struct UpstreamPoolTests {
                 // A client's Connection: close ends its own connection, not the upstream's.
                 let closing = try await Curl.run(["-i", "-H", "Connection: close, X-Hop", "-H", "X-Hop: 1", "http://127.0.0.1:\(port)/"])
                 #expect(closing.text.hasPrefix("HTTP/1.1 200 OK"))
+                // ... and the upstream's "Connection: keep-alive" is not passed on to it.
                 #expect(closing.text.lowercased().contains("connection: close\r\n"))
+                #expect(!closing.text.lowercased().contains("keep-alive"))
             }
             #expect(dialed.count == 1)
             // Neither Connection nor the header it named reached the upstream.
             #expect(connectionHeaders.count == 0)
+        }
+        await upstream.stop()
+        try await group.shutdownGracefully()
+    }
+
+    /// An HTTP/1.0 client that asks to keep its connection is told it is kept, and one that
+    /// does not ask is told it closes, whatever the upstream said about its own connection.
+    @Test func http10ClientsHearAboutTheirOwnConnection() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let dialed = ManagedCounter()
+        let upstream = try await TestServer.start(group: group) { CountingAnswerHandler(dialed: dialed) }
+        try await withHTTPProxy(upstreamPort: upstream.port, eventLoops: 1) { _, port, _ in
+            let answer = try await RawHTTP.exchange(
+                port: port, "GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\n")
+            let heads = answer.lowercased().components(separatedBy: "http/1.1 200 ok").dropFirst()
+            #expect(heads.count == 2)
+            #expect(heads.first?.contains("connection: keep-alive") == true)
+            #expect(heads.last?.contains("connection: close") == true)
+            #expect(dialed.count == 1)
         }
         await upstream.stop()
         try await group.shutdownGracefully()
@@ -58,7 +79,7 @@ struct UpstreamPoolTests {
     }
 }
 
-/// A keep-alive HTTP server that answers `ok` to every request, counts the connections made
+/// A keep-alive HTTP server (saying so, as nginx does) that answers `ok` to every request, counts the connections made
 /// to it, and with `answersPerConnection` closes a connection without answering once that
 /// many requests have been answered on it. `connectionHeaders` counts requests that carried
 /// `Connection` or `X-Hop`.
@@ -102,7 +123,7 @@ final class CountingAnswerHandler: ChannelInboundHandler {
             }
             answered += 1
             context.writeAndFlush(
-                wrapOutboundOut(ByteBuffer(string: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")), promise: nil)
+                wrapOutboundOut(ByteBuffer(string: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")), promise: nil)
         }
     }
 }
