@@ -50,7 +50,9 @@ final class HTTPExchange {
     var nextWriteAt = NIODeadline.uptimeNanoseconds(0)
     /// The delay of a request or response, the throttle's next slot, a blackhole's close.
     var timer: Scheduled<Void>?
-    var responseTimer: Scheduled<Void>?
+    /// When the response head must have come (504 past it): set when the request has been
+    /// sent, cleared by the response head. Watched by the connection's deadline timer.
+    var responseDeadline: NIODeadline?
     var complete = false
     /// The request asked for `Upgrade` (WebSocket); after the upstream's `101` the connection
     /// becomes a byte tunnel.
@@ -73,8 +75,7 @@ final class HTTPExchange {
     func cancelTimers() {
         timer?.cancel()
         timer = nil
-        responseTimer?.cancel()
-        responseTimer = nil
+        responseDeadline = nil
     }
 }
 
@@ -118,7 +119,15 @@ final class HTTPProxyConnection: TrackedConnection {
     /// what the decoder had already read, since reads stay stopped while it is not empty.
     private var pipelined = CircularBuffer<HTTPServerRequestPart>()
     private var replayingPipelined = false
-    private var headTimer: Scheduled<Void>?
+    /// When the head of the request being read must be complete (408 past it); nil between
+    /// requests and once a head is in.
+    private var headDeadline: NIODeadline?
+    /// One timer for the head and response deadlines, armed lazily: a deadline later than the
+    /// one the timer is set for leaves it alone, and when it fires it re-arms for whatever is
+    /// still due. A keep-alive connection then schedules nothing per request (a timer per
+    /// request and its cancellation cost more than the rest of the request's own work).
+    private var deadlineTimer: Scheduled<Void>?
+    private var deadlineTimerAt = NIODeadline.distantFuture
     /// The client half-closed or an answer said `Connection: close`: close after this response.
     private var closeAfterResponse = false
     private var finished = false
@@ -169,14 +178,46 @@ final class HTTPProxyConnection: TrackedConnection {
     func clientBytesArrived() {
         idle.activity()
         // The head timeout runs from the first byte of a request to the end of its head.
-        if exchange == nil, headTimer == nil {
-            headTimer = eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(settings.headTimeout.nanoseconds)) {
-                [self] in
-                headTimer = nil
-                guard exchange == nil, clientActive else { return }
+        if exchange == nil, headDeadline == nil {
+            headDeadline = .now() + .nanoseconds(settings.headTimeout.nanoseconds)
+            armDeadlineTimer()
+        }
+    }
+
+    private func armDeadlineTimer() {
+        let next = min(headDeadline ?? .distantFuture, exchange?.responseDeadline ?? .distantFuture)
+        guard next < .distantFuture, deadlineTimer == nil || next < deadlineTimerAt else { return }
+        deadlineTimer?.cancel()
+        deadlineTimerAt = next
+        deadlineTimer = eventLoop.assumeIsolated().scheduleTask(deadline: next) { [self] in
+            deadlineTimer = nil
+            deadlineTimerAt = .distantFuture
+            deadlinesReached()
+        }
+    }
+
+    private func deadlinesReached() {
+        guard clientActive else { return }
+        let now = NIODeadline.now()
+        if let deadline = headDeadline, deadline <= now {
+            headDeadline = nil
+            if exchange == nil {
                 reject(408, "Request Timeout", "request head not received within \(DurationText.format(settings.headTimeout))")
+                return
             }
         }
+        if let exchange, let deadline = exchange.responseDeadline, deadline <= now {
+            exchange.responseDeadline = nil
+            if !exchange.responseHeadReceived {
+                metrics.upstreamErrors[.responseTimeout]!.increment()
+                logger.warning(
+                    "upstream did not answer in time", metadata: ["conn.id": "\(id)", "timeout": "\(settings.responseTimeout)"])
+                closeUpstream()
+                fail(exchange, 504, "faultline: upstream did not answer within \(DurationText.format(settings.responseTimeout))\n")
+                return
+            }
+        }
+        armDeadlineTimer()
     }
 
     func requestPart(_ part: HTTPServerRequestPart) {
@@ -252,8 +293,9 @@ final class HTTPProxyConnection: TrackedConnection {
 
     func clientBecameInactive() {
         clientActive = false
-        headTimer?.cancel()
-        headTimer = nil
+        deadlineTimer?.cancel()
+        deadlineTimer = nil
+        headDeadline = nil
         pipelined.removeAll()
         if let exchange {
             // Left mid-request: the upstream connection is in an unknown state.
@@ -278,11 +320,10 @@ final class HTTPProxyConnection: TrackedConnection {
     // MARK: Requests
 
     private func startExchange(_ head: HTTPRequestHead) {
-        headTimer?.cancel()
-        headTimer = nil
+        headDeadline = nil
         guard exchange == nil else {
-            // The pipelining handler delivers one request at a time; anything else is a bug
-            // that must not turn into crossed responses.
+            // Requests are taken one at a time (`pipelined` holds the rest); anything else is
+            // a bug that must not turn into crossed responses.
             closeAll()
             return
         }
@@ -429,17 +470,8 @@ final class HTTPProxyConnection: TrackedConnection {
         exchange.headSent = true
         exchange.requestSent = true
         guard !exchange.responseHeadReceived else { return }
-        exchange.responseTimer = eventLoop.assumeIsolated().scheduleTask(
-            in: .nanoseconds(settings.responseTimeout.nanoseconds)
-        ) { [self] in
-            exchange.responseTimer = nil
-            guard self.exchange === exchange, !exchange.responseHeadReceived else { return }
-            metrics.upstreamErrors[.responseTimeout]!.increment()
-            logger.warning(
-                "upstream did not answer in time", metadata: ["conn.id": "\(id)", "timeout": "\(settings.responseTimeout)"])
-            closeUpstream()
-            fail(exchange, 504, "faultline: upstream did not answer within \(DurationText.format(settings.responseTimeout))\n")
-        }
+        exchange.responseDeadline = .now() + .nanoseconds(settings.responseTimeout.nanoseconds)
+        armDeadlineTimer()
     }
 
     // MARK: Upstream
@@ -555,8 +587,7 @@ final class HTTPProxyConnection: TrackedConnection {
                         return
                     }
                     exchange.upgrading = true
-                    exchange.responseTimer?.cancel()
-                    exchange.responseTimer = nil
+                    exchange.responseDeadline = nil
                     exchange.status = 101
                     clientHandler?.write(.head(head))
                     clientHandler?.write(.end(nil))
@@ -570,8 +601,7 @@ final class HTTPProxyConnection: TrackedConnection {
                 return
             }
             exchange.responseHeadReceived = true
-            exchange.responseTimer?.cancel()
-            exchange.responseTimer = nil
+            exchange.responseDeadline = nil
             exchange.status = Int(head.status.code)
             exchange.upstreamKeepAlive = head.isKeepAlive
             if case .delayResponse(let nanoseconds) = exchange.fault {
@@ -584,16 +614,19 @@ final class HTTPProxyConnection: TrackedConnection {
             }
             // The upstream's Connection header is about the upstream connection; the client
             // hears about its own: closed after this answer, or kept.
-            var head = head
-            if head.headers.contains(name: "connection") || head.headers.contains(name: "keep-alive") {
+            let wanted: String? =
+                !exchange.clientKeepAlive || !exchange.upstreamKeepAlive ? "close" : exchange.clientIsHTTP10 ? "keep-alive" : nil
+            let current = head.headers.first(name: "connection")?.lowercased()
+            // Most often there is nothing to change: no header, or the upstream's own
+            // "keep-alive" (nginx always sends it) is just as true of the client's connection.
+            if current == wanted || (wanted == nil && current == "keep-alive") {
+                sendToClient(.head(head), exchange)
+            } else {
+                var head = head
                 Self.removeHopByHopHeaders(&head.headers)
+                if let wanted { head.headers.add(name: "Connection", value: wanted) }
+                sendToClient(.head(head), exchange)
             }
-            if !exchange.clientKeepAlive || !exchange.upstreamKeepAlive {
-                head.headers.add(name: "Connection", value: "close")
-            } else if exchange.clientIsHTTP10 {
-                head.headers.add(name: "Connection", value: "keep-alive")
-            }
-            sendToClient(.head(head), exchange)
         case .body(let buffer):
             tracker.bytesDownstream &+= Int64(buffer.readableBytes)
             sendToClient(.body(.byteBuffer(buffer)), exchange)
@@ -831,8 +864,7 @@ final class HTTPProxyConnection: TrackedConnection {
             [.GET, .HEAD, .OPTIONS, .TRACE].contains(head.method)
         else { return false }
         exchange.retriedStale = true
-        exchange.responseTimer?.cancel()
-        exchange.responseTimer = nil
+        exchange.responseDeadline = nil
         exchange.headSent = false
         exchange.requestSent = false
         exchange.requestQueue.removeAll()
