@@ -3,10 +3,13 @@
 # faultlined (release build, no fault configured), in one run, with wrk. Loopback only; every
 # wrk run is bounded by its duration.
 #
-#   Tests/Benchmarks/proxy-bench.sh [--duration SECONDS] [--conns N] [--rounds N]
+#   Tests/Benchmarks/proxy-bench.sh [--duration SECONDS] [--conns N] [--rounds N] [--http]
 #
 # Prints requests/s for keep-alive and new-connection (Connection: close) requests on a
-# 128-byte response, MiB/s on 1 MiB responses, and each as a ratio to direct. Installs wrk
+# 128-byte response, MiB/s on 1 MiB responses, and each as a ratio to direct. With --http the
+# listener is `protocol: http`, and a third column is a second http listener whose abort rule
+# answers 10 % of requests itself (503, no upstream): its ratio to the plain http listener
+# shows what the abort costs against the upstream work it saves (above 1.0: it saves more). Installs wrk
 # and nginx-light with apt-get when they are missing (Debian). Compare ratios, not absolute
 # numbers: the load generator, nginx and the proxy share the machine's cores.
 set -euo pipefail
@@ -14,8 +17,10 @@ set -euo pipefail
 duration=5
 conns=64
 rounds=3
+http=false
 while [ $# -gt 0 ]; do
     case "$1" in
+        --http) http=true; shift ;;
         --duration) duration="$2"; shift 2 ;;
         --conns) conns="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
@@ -69,8 +74,26 @@ http {
 CONF
 "$nginx_bin" -c "$work/nginx.conf" -p "$work" &
 pids+=($!)
-"$faultlined" --listen 127.0.0.1:$proxy_port --upstream 127.0.0.1:$upstream_port --no-metrics --no-control --log-level error &
-pids+=($!)
+abort_port=18582
+targets="direct:$upstream_port faultline:$proxy_port"
+if $http; then
+    "$faultlined" --listen 127.0.0.1:$proxy_port --upstream 127.0.0.1:$upstream_port --protocol http \
+        --no-metrics --no-control --log-level error &
+    pids+=($!)
+    mkdir -p "$work/rules"
+    cat > "$work/rules/abort.yaml" <<RULES
+listeners:
+  - {name: bench, protocol: http, listen: 127.0.0.1:$abort_port, upstream: 127.0.0.1:$upstream_port}
+faults:
+  - {name: abort-10, listener: bench, probability: 10%, abort: {status: 503, body: "injected\\n"}}
+RULES
+    "$faultlined" --rules "$work/rules" --no-metrics --no-control --log-level error &
+    pids+=($!)
+    targets="$targets abort10:$abort_port"
+else
+    "$faultlined" --listen 127.0.0.1:$proxy_port --upstream 127.0.0.1:$upstream_port --no-metrics --no-control --log-level error &
+    pids+=($!)
+fi
 
 wait_for_port() {
     for _ in $(seq 1 100); do
@@ -82,6 +105,13 @@ wait_for_port() {
 }
 wait_for_port $upstream_port
 wait_for_port $proxy_port
+if $http; then
+    for _ in $(seq 1 100); do
+        code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$abort_port/small" || true)
+        if [ "$code" = 200 ] || [ "$code" = 503 ]; then break; fi
+        sleep 0.1
+    done
+fi
 
 # Byte-exact check before measuring.
 cmp <(curl -s "http://127.0.0.1:$proxy_port/1m") "$work/www/1m"
@@ -99,7 +129,7 @@ mib_per_second() {
 
 declare -A results
 for round in $(seq 1 "$rounds"); do
-    for target in direct:$upstream_port faultline:$proxy_port; do
+    for target in $targets; do
         name="${target%%:*}"; port="${target##*:}"
         results[$name-ka-$round]=$(measure "$port" /small | requests_per_second)
         results[$name-close-$round]=$(measure "$port" /small -H 'Connection: close' | requests_per_second)
@@ -108,11 +138,24 @@ for round in $(seq 1 "$rounds"); do
 done
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-printf '%-32s %14s %14s %8s\n' "test (median of $rounds)" direct faultline ratio
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+if $http; then
+    printf '%-28s %10s %10s %10s %14s %14s\n' "test (median of $rounds)" direct faultline abort-10% "faultline/dir" "abort/faultline"
+else
+    printf '%-32s %14s %14s %8s\n' "test (median of $rounds)" direct faultline ratio
+fi
 for test in ka close bulk; do
-    d=(); f=()
-    for round in $(seq 1 "$rounds"); do d+=("${results[direct-$test-$round]}"); f+=("${results[faultline-$test-$round]}"); done
+    d=(); f=(); a=()
+    for round in $(seq 1 "$rounds"); do
+        d+=("${results[direct-$test-$round]}"); f+=("${results[faultline-$test-$round]}")
+        $http && a+=("${results[abort10-$test-$round]}")
+    done
     dm=$(median "${d[@]}"); fm=$(median "${f[@]}")
     label=$([ $test = ka ] && echo "keep-alive req/s" || ([ $test = close ] && echo "new connection req/s" || echo "1 MiB responses MiB/s"))
-    printf '%-32s %14.1f %14.1f %8.2f\n' "$label" "$dm" "$fm" "$(awk -v a="$fm" -v b="$dm" 'BEGIN {print a/b}')"
+    if $http; then
+        am=$(median "${a[@]}")
+        printf '%-28s %10.1f %10.1f %10.1f %14s %14s\n' "$label" "$dm" "$fm" "$am" "$(ratio "$fm" "$dm")" "$(ratio "$am" "$fm")"
+    else
+        printf '%-32s %14.1f %14.1f %8.2f\n' "$label" "$dm" "$fm" "$(ratio "$fm" "$dm")"
+    fi
 done
