@@ -62,7 +62,11 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
-            ]
+            ],
+            // Release builds skip the run-time exclusivity checks on the data path's class
+            // properties (a thread-local access set per read and write); debug builds and
+            // the test suite, which run every path, keep them.
+            swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
         ),
         // Command-line front ends of both executables, kept in a library so that the
         // executables stay one line long.

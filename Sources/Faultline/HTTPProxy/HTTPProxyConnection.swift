@@ -26,7 +26,8 @@ final class HTTPExchange {
 
     /// Request parts not yet written upstream: while dialing, while a delay holds the request,
     /// or while the upstream is not writable. Reads stop meanwhile, so it stays one read burst.
-    var requestQueue = CircularBuffer<HTTPClientRequestPart>(initialCapacity: 4)
+    /// (Arrays: an empty one costs no allocation, and most requests never queue a part.)
+    var requestQueue: [HTTPClientRequestPart] = []
     var requestHeld = false
     /// The request's end has been read: parts after it belong to the next (pipelined) request.
     var requestEnded = false
@@ -39,7 +40,7 @@ final class HTTPExchange {
 
     /// Response parts not yet written to the client: while a delay holds the response, while
     /// throttling paces it, or while the client is not writable.
-    var responseQueue = CircularBuffer<HTTPServerResponsePart>(initialCapacity: 4)
+    var responseQueue: [HTTPServerResponsePart] = []
     var responseHeld = false
     var responseHeadReceived = false
     var responseEndReceived = false
@@ -347,9 +348,8 @@ final class HTTPProxyConnection: TrackedConnection {
             Self.removeHopByHopHeaders(&head.headers)
         }
         exchange.head = head
-        exchange.requestQueue.append(.head(head))
         ensureUpstream()
-        pumpRequest()
+        sendUpstream(.head(head), exchange)
     }
 
     /// `Connection` and what it names are about the client's own connection (RFC 9110,
@@ -770,6 +770,8 @@ final class HTTPProxyConnection: TrackedConnection {
         while clientActive, exchange?.requestEnded != true, let part = pipelined.popFirst() {
             handleRequestPart(part)
         }
+        // Not inside a client read: no read-complete will flush what went upstream.
+        upstreamHandler?.flush()
         if pipelined.isEmpty { clientHandler?.resumeReading() }
     }
 
