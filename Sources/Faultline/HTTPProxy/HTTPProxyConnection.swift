@@ -352,12 +352,12 @@ final class HTTPProxyConnection: TrackedConnection {
         sendUpstream(.head(head), exchange)
     }
 
-    /// `Connection` and what it names are about the client's own connection (RFC 9110,
-    /// section 7.6.1): a client's `Connection: close` ends its connection after the answer,
-    /// while the upstream connection stays open for the next request or client.
     /// Never removed on a `Connection` option's say-so: the request's framing and target.
     private static let framingHeaders: Set<String> = ["close", "content-length", "transfer-encoding", "host"]
 
+    /// `Connection` and what it names are about the client's own connection (RFC 9110,
+    /// section 7.6.1): a client's `Connection: close` ends its connection after the answer,
+    /// while the upstream connection stays open for the next request or client.
     static func removeHopByHopHeaders(_ headers: inout HTTPHeaders) {
         for option in headers[canonicalForm: "connection"] where !framingHeaders.contains(option.lowercased()) {
             headers.remove(name: String(option))
@@ -476,9 +476,11 @@ final class HTTPProxyConnection: TrackedConnection {
 
     // MARK: Upstream
 
-    private func ensureUpstream() {
+    /// Takes an idle connection from the loop's pool, or dials (only dials with `fromPool`
+    /// false: a request sent again after a stale one must not meet another stale one).
+    private func ensureUpstream(fromPool: Bool = true) {
         guard upstreamChannel == nil, !upstreamConnecting else { return }
-        if let (channel, handler) = tracker.upstreamPool.take(HTTPUpstreamPool.Target(listener.rule)) {
+        if fromPool, let (channel, handler) = tracker.upstreamPool.take(HTTPUpstreamPool.Target(listener.rule)) {
             generation += 1
             handler.adopt(by: self, generation: generation)
             upstreamChannel = channel
@@ -765,6 +767,10 @@ final class HTTPProxyConnection: TrackedConnection {
         // An answer completed while a pipelined part is being handled (an abort, say) comes
         // back here: the loop below goes on with the next part.
         guard !replayingPipelined else { return }
+        guard !pipelined.isEmpty else {
+            clientHandler?.resumeReading()
+            return
+        }
         replayingPipelined = true
         defer { replayingPipelined = false }
         while clientActive, exchange?.requestEnded != true, let part = pipelined.popFirst() {
@@ -873,7 +879,7 @@ final class HTTPProxyConnection: TrackedConnection {
         exchange.requestQueue.append(.head(head))
         exchange.requestQueue.append(.end(nil))
         metrics.upstreamErrors[.staleRetried]!.increment()
-        ensureUpstream()
+        ensureUpstream(fromPool: false)
         pumpRequest()
         return true
     }

@@ -8,15 +8,31 @@ import Testing
 /// leaves between requests hands its upstream connection to the next client of its loop.
 @Suite
 struct UpstreamPoolTests {
-    @Test func sequentialClientsShareOneUpstreamConnection() async throws {
+    /// An http listener on one event loop (every client lands where the idle connection
+    /// waits) in front of a `CountingAnswerHandler` server.
+    func withCountingUpstream(
+        answersPerConnection: Int? = nil,
+        _ body: (_ daemon: Daemon, _ port: Int, _ dialed: ManagedCounter, _ connectionHeaders: ManagedCounter) async throws -> Void
+    ) async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let dialed = ManagedCounter()
         let connectionHeaders = ManagedCounter()
         let upstream = try await TestServer.start(group: group) {
-            CountingAnswerHandler(dialed: dialed, connectionHeaders: connectionHeaders)
+            CountingAnswerHandler(dialed: dialed, answersPerConnection: answersPerConnection, connectionHeaders: connectionHeaders)
         }
-        // One loop: every client lands where the idle connection waits.
-        try await withHTTPProxy(upstreamPort: upstream.port, eventLoops: 1) { _, port, _ in
+        do {
+            try await withHTTPProxy(upstreamPort: upstream.port, eventLoops: 1) { daemon, port, _ in
+                try await body(daemon, port, dialed, connectionHeaders)
+            }
+        } catch {
+            Issue.record(error)
+        }
+        await upstream.stop()
+        try await group.shutdownGracefully()
+    }
+
+    @Test func sequentialClientsShareOneUpstreamConnection() async throws {
+        try await withCountingUpstream { _, port, dialed, connectionHeaders in
             for _ in 0..<2 {
                 // A curl process per request: a new client connection each time.
                 let result = try await Curl.run(["http://127.0.0.1:\(port)/"])
@@ -32,17 +48,12 @@ struct UpstreamPoolTests {
             // Neither Connection nor the header it named reached the upstream.
             #expect(connectionHeaders.count == 0)
         }
-        await upstream.stop()
-        try await group.shutdownGracefully()
     }
 
     /// An HTTP/1.0 client that asks to keep its connection is told it is kept, and one that
     /// does not ask is told it closes, whatever the upstream said about its own connection.
     @Test func http10ClientsHearAboutTheirOwnConnection() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let dialed = ManagedCounter()
-        let upstream = try await TestServer.start(group: group) { CountingAnswerHandler(dialed: dialed) }
-        try await withHTTPProxy(upstreamPort: upstream.port, eventLoops: 1) { _, port, _ in
+        try await withCountingUpstream { _, port, dialed, _ in
             let answer = try await RawHTTP.exchange(
                 port: port, "GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\n")
             let heads = answer.lowercased().components(separatedBy: "http/1.1 200 ok").dropFirst()
@@ -51,17 +62,13 @@ struct UpstreamPoolTests {
             #expect(heads.last?.contains("connection: close") == true)
             #expect(dialed.count == 1)
         }
-        await upstream.stop()
-        try await group.shutdownGracefully()
     }
 
+    /// The server answers one request per connection and closes on the next without
+    /// answering: what a server closing an idle connection looks like to a request that was
+    /// sent just then.
     @Test func reusedConnectionClosedByTheServerIsRetriedOnlyWhenThatIsSafe() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let dialed = ManagedCounter()
-        // Answers one request per connection and closes on the next without answering: what a
-        // server closing an idle connection looks like to a request that was sent just then.
-        let upstream = try await TestServer.start(group: group) { CountingAnswerHandler(dialed: dialed, answersPerConnection: 1) }
-        try await withHTTPProxy(upstreamPort: upstream.port, eventLoops: 1) { daemon, port, _ in
+        try await withCountingUpstream(answersPerConnection: 1) { daemon, port, dialed, _ in
             #expect(try await Curl.run(["http://127.0.0.1:\(port)/a"]).text == "ok")
             // Goes on the pooled connection, which closes; sent again on a new one.
             #expect(try await Curl.run(["http://127.0.0.1:\(port)/b"]).text == "ok")
@@ -74,8 +81,6 @@ struct UpstreamPoolTests {
             #expect(dialed.count == 2)
             #expect(await daemon.metric(#"faultline_http_upstream_errors_total{listener="test",kind="closed"}"#) == 1)
         }
-        await upstream.stop()
-        try await group.shutdownGracefully()
     }
 }
 
