@@ -104,7 +104,7 @@ struct ReloadStormTests {
             #expect(counted != nil, "step \(step) (\(edit)): no reload seen")
             guard let counted else { break }
             if edit.isValid { latencies.append(ContinuousClock.now - written) }
-            #expect(counted.success == expected.success && counted.failure == expected.failure, "after step \(step) (\(edit))")
+            #expect(counted.success == expected.success && counted.failure == expected.failure, "after step \(step) (\(edit)): counted \(counted), expected \(expected)")
             if counted.success != expected.success || counted.failure != expected.failure { break }
         }
 

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -180,17 +181,47 @@ func closeAfterPendingWrites(_ context: ChannelHandlerContext) {
 }
 
 /// A port on 127.0.0.1 where nothing listens: bound, then closed.
+///
+/// Taken from below the kernel's ephemeral range (`ip_local_port_range`): a port from inside it
+/// that a test releases and binds again later (a listener that a reload removes and brings back)
+/// can meanwhile become the source port of any outgoing connection of the tests running beside
+/// it, and the rebind fails. Ports below the range are only ever taken by an explicit bind.
 func unusedPort() throws -> Int {
+    let (low, count) = portsBelowTheEphemeralRange
+    for _ in 0..<count {
+        let port = low + nextPortOffset.wrappingAdd(1, ordering: .relaxed).oldValue % count
+        if bindAndRelease(port: port) != nil { return port }
+    }
+    guard let port = bindAndRelease(port: 0) else { throw IOError(errnoCode: errno, reason: "bind") }
+    return port
+}
+
+/// The ports `unusedPort()` hands out: from 20000 up to the start of the ephemeral range.
+private let portsBelowTheEphemeralRange: (low: Int, count: Int) = {
+    let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+    let ephemeralLow = text.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } ?? 32768
+    let low = 20000
+    return ephemeralLow - low >= 1000 ? (low, ephemeralLow - low) : (1024, max(1, ephemeralLow - 1024))
+}()
+
+/// Consecutive calls walk the range from a random start, so that two tests never get the same
+/// port in one run (the range has thousands; a run asks for a few hundred).
+private let nextPortOffset = Atomic<Int>(Int.random(in: 0..<1_000_000))
+
+/// Binds 127.0.0.1:`port` (0: any) and closes it again; the port bound, or nil if taken.
+private func bindAndRelease(port: Int) -> Int? {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return nil }
     defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
+    address.sin_port = UInt16(port).bigEndian
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafePointer(to: &address) {
+    let bound = withUnsafePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
     }
+    guard bound == 0 else { return nil }
     _ = withUnsafeMutablePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
     }
