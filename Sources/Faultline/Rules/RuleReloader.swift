@@ -28,6 +28,9 @@ public final class RuleReloader: Service, Sendable {
     private let lastOutcome: NIOLockedValueBox<ReloadOutcome?>
     private let overlayState = NIOLockedValueBox(RuntimeOverlay())
     private let watcher = NIOLockedValueBox<DirectoryWatcher?>(nil)
+    /// Sleeps until the next runtime change with an expiry is due, then asks for it to be
+    /// reverted; re-armed after every request (nothing wakes the daemon while nothing expires).
+    private let expiryTimer = NIOLockedValueBox<Task<Void, Never>?>(nil)
     private let requests: AsyncStream<Request>
     private let requestSink: AsyncStream<Request>.Continuation
 
@@ -140,7 +143,13 @@ public final class RuleReloader: Service, Sendable {
     }
 
     public func run() async throws {
-        defer { stopWatching() }
+        defer {
+            stopWatching()
+            expiryTimer.withLockedValue { timer in
+                timer?.cancel()
+                timer = nil
+            }
+        }
 
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [hangups, requestSink] in
@@ -150,19 +159,6 @@ public final class RuleReloader: Service, Sendable {
             }
             group.addTask {
                 await self.serveRequests()
-            }
-            group.addTask { [requestSink] in
-                // Runtime overrides that carry an expiry revert by themselves.
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: .milliseconds(100))
-                    if let next = self.overlay.nextExpiry, next <= Self.monotonicNanoseconds() {
-                        requestSink.yield(Request(
-                            reason: "expiry", reply: nil,
-                            overlayChange: OverlayChange(mutate: { overlay, _ in
-                                _ = overlay.expire(now: Self.monotonicNanoseconds())
-                            }, reply: { _ in })))
-                    }
-                }
             }
             await group.next()
             group.cancelAll()
@@ -175,6 +171,7 @@ public final class RuleReloader: Service, Sendable {
             if Task.isCancelled || Task.isShuttingDownGracefully { return }
             if let change = request.overlayChange {
                 change.reply(await applyOverlayChange(change.mutate))
+                armExpiryTimer()
                 continue
             }
             if request.reply == nil, request.change > 0 {
@@ -199,6 +196,31 @@ public final class RuleReloader: Service, Sendable {
                 : "last reload failed (\(outcome.errors.count) errors); in force: \(outcome.summary)"
             SystemdNotify.send("READY=1\nSTATUS=\(status)")
             request.reply?(outcome)
+            armExpiryTimer()
+        }
+    }
+
+    /// Runtime overrides that carry an expiry revert by themselves: a timer for the earliest,
+    /// replacing the one before (its expiry may have been changed or reverted meanwhile).
+    private func armExpiryTimer() {
+        let next = overlay.nextExpiry
+        let sink = requestSink
+        expiryTimer.withLockedValue { timer in
+            timer?.cancel()
+            timer = nil
+            guard let next else { return }
+            // A millisecond late rather than early: a timer that fires before the expiry
+            // would find nothing to revert.
+            let wait = max(0, next - Self.monotonicNanoseconds()) + 1_000_000
+            timer = Task {
+                try? await Task.sleep(for: .nanoseconds(wait))
+                if Task.isCancelled { return }
+                sink.yield(Request(
+                    reason: "expiry", reply: nil,
+                    overlayChange: OverlayChange(mutate: { overlay, _ in
+                        _ = overlay.expire(now: Self.monotonicNanoseconds())
+                    }, reply: { _ in })))
+            }
         }
     }
 
