@@ -178,6 +178,7 @@ struct ServeCommand: AsyncParsableCommand {
         try await daemon.run {
             logger.info("started", metadata: ["version": "\(FaultlineVersion.current)", "rules": "\(summary)"])
             SystemdNotify.send("READY=1\nSTATUS=\(summary)")
+            StartupCodePages.unmap()
         }
     }
 }

@@ -1,0 +1,40 @@
+import Faultline
+import Foundation
+import Testing
+
+/// What faultlined does once it is ready: its code pages leave the resident set, and the code
+/// still runs (pages come back from the page cache as they are used). Done here on the test
+/// process itself, whose code is its executable's as the daemon's is.
+struct StartupCodePagesTests {
+    @Test func codePagesLeaveTheResidentSetAndTheCodeStillRuns() throws {
+        let mappings = StartupCodePages.codeMappings()
+        try #require(!mappings.isEmpty, "no r-xp mapping of /proc/self/exe found")
+        let before = try Self.residentKiB(of: mappings)
+        // Everything the suite ran so far (Testing, NIO, the daemon's code) is resident.
+        try #require(before >= 1024, "only \(before) KiB of code resident before")
+
+        StartupCodePages.unmap()
+        let after = try Self.residentKiB(of: mappings)
+
+        // Reading smaps and the tests running beside this one bring some pages back at once.
+        #expect(after < before / 2, "resident code: \(before) KiB before, \(after) KiB after")
+        // Code on any page still runs: the rest of the suite runs on after this, and so does this.
+        #expect(String(describing: (1...3).map { $0 * 2 }) == "[2, 4, 6]")
+    }
+
+    /// The `Rss:` of the given mappings in /proc/self/smaps, in KiB.
+    static func residentKiB(of mappings: [StartupCodePages.Mapping]) throws -> Int {
+        let starts = Set(mappings.map { String($0.start, radix: 16) })
+        let smaps = try String(contentsOfFile: "/proc/self/smaps", encoding: .utf8)
+        var total = 0
+        var inside = false
+        for line in smaps.split(separator: "\n") {
+            if let dash = line.firstIndex(of: "-"), line.first?.isHexDigit == true, !line.hasSuffix(" kB") {
+                inside = starts.contains(String(line[..<dash]))
+            } else if inside, line.hasPrefix("Rss:") {
+                total += Int(line.split(separator: " ")[1]) ?? 0
+            }
+        }
+        return total
+    }
+}
