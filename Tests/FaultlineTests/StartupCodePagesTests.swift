@@ -2,6 +2,10 @@ import Faultline
 import Foundation
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What faultlined does once it is ready: its code pages leave the resident set, and the code
 /// still runs (pages come back from the page cache as they are used). Done here on the test
 /// process itself, whose code is its executable's as the daemon's is.
@@ -22,17 +26,24 @@ struct StartupCodePagesTests {
         #expect(String(describing: (1...3).map { $0 * 2 }) == "[2, 4, 6]")
     }
 
-    /// The `Rss:` of the given mappings in /proc/self/smaps, in KiB.
+    /// The `Rss:` of the given mappings in /proc/self/smaps, in KiB. Read line by line with
+    /// getline: the file is generated as it is read, and its size says nothing.
     static func residentKiB(of mappings: [StartupCodePages.Mapping]) throws -> Int {
         let starts = Set(mappings.map { String($0.start, radix: 16) })
-        let smaps = try String(contentsOfFile: "/proc/self/smaps", encoding: .utf8)
+        guard let smaps = fopen("/proc/self/smaps", "r") else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+        defer { fclose(smaps) }
+        var buffer: UnsafeMutablePointer<CChar>?
+        var capacity = 0
+        defer { free(buffer) }
         var total = 0
         var inside = false
-        for line in smaps.split(separator: "\n") {
-            if let dash = line.firstIndex(of: "-"), line.first?.isHexDigit == true, !line.hasSuffix(" kB") {
+        while getline(&buffer, &capacity, smaps) > 0, let buffer {
+            let line = String(cString: buffer)
+            if line.hasPrefix("Rss:") {
+                if inside { total += Int(line.split(separator: " ")[1]) ?? 0 }
+            } else if let dash = line.firstIndex(of: "-"), dash > line.startIndex, line[..<dash].allSatisfy(\.isHexDigit) {
+                // A mapping's first line: `start-end perms offset dev inode path`.
                 inside = starts.contains(String(line[..<dash]))
-            } else if inside, line.hasPrefix("Rss:") {
-                total += Int(line.split(separator: " ")[1]) ?? 0
             }
         }
         return total
