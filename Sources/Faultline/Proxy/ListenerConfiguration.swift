@@ -5,8 +5,10 @@ import NIOSSL
 import Prometheus
 
 /// What a connection needs to know about its listener, fixed when the connection is accepted
-/// (a reload that changes the upstream applies to new connections only).
-struct ListenerConfiguration: Sendable {
+/// (a reload that changes the upstream applies to new connections only). A class: every
+/// connection keeps it, and taking a reference is one retain where copying the struct was a
+/// retain of each of the rule's strings and arrays.
+final class ListenerConfiguration: Sendable {
     enum Upstream: Sendable {
         /// An IP literal, parsed once: no look-up per connection.
         case address(SocketAddress)
@@ -18,7 +20,7 @@ struct ListenerConfiguration: Sendable {
     let upstream: Upstream
     let metrics: ListenerMetrics
     /// The fault rules for this listener, in file order.
-    private(set) var faults: [FaultRule]
+    let faults: [FaultRule]
     /// `faultline_faults_injected_total` for each of them, made once.
     private let injectionCounters: [String: Counter]
     /// `http` listeners: the request metrics, and the injection counters of header-triggered
@@ -80,9 +82,19 @@ struct ListenerConfiguration: Sendable {
     /// The same listener with no fault rules: what a WebSocket tunnel of an http listener
     /// runs on (its faults are per request, and the tunnel has no requests).
     func withoutFaults() -> ListenerConfiguration {
-        var copy = self
-        copy.faults = []
-        return copy
+        ListenerConfiguration(copying: self, faults: [])
+    }
+
+    private init(copying other: ListenerConfiguration, faults: [FaultRule]) {
+        rule = other.rule
+        upstream = other.upstream
+        metrics = other.metrics
+        self.faults = faults
+        injectionCounters = other.injectionCounters
+        http = other.http
+        tls = other.tls
+        upstreamTLS = other.upstreamTLS
+        headerInjectionCounters = other.headerInjectionCounters
     }
 
     func injections(_ fault: FaultRule) -> Counter {

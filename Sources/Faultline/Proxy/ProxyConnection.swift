@@ -42,6 +42,9 @@ final class ProxyConnection: TrackedConnection {
     /// A FIN was forwarded to (the output of) that side.
     private var finForwardedToClient = false
     private var finForwardedToUpstream = false
+    /// That side sent FIN (NIO has shut the channel's input).
+    private var clientInputClosed = false
+    private var upstreamInputClosed = false
     /// An error other than end-of-file was seen on that side.
     private var clientErrored = false
     private var upstreamErrored = false
@@ -65,7 +68,10 @@ final class ProxyConnection: TrackedConnection {
     /// rules change (the rest of `listener`, such as the upstream, stays as accepted).
     var faultConfiguration: ListenerConfiguration
     /// Per direction: index 0 is upstream (client to service), 1 downstream.
-    var flows = [FlowState(), FlowState()]
+    /// Starts as a shared copy of two empty states (a retain, not three allocations and the
+    /// generic metadata look-ups they bring); copied on the first write, when faults apply.
+    var flows = ProxyConnection.idleFlows
+    private static let idleFlows = [FlowState(), FlowState()]
     var timedEnds: [String: Scheduled<Void>] = [:]
     var dialTimer: Scheduled<Void>?
 
@@ -170,6 +176,7 @@ final class ProxyConnection: TrackedConnection {
     /// The side sent FIN: forward it to the partner, after any bytes still waiting in a
     /// fault's queue (and not at all through a blackhole).
     func inputClosed(_ side: ProxySide) {
+        if side == .client { clientInputClosed = true } else { upstreamInputClosed = true }
         if faultPathActive, finHeldByFaults(from: side) { return }
         forwardFIN(to: side.partner)
     }
@@ -205,9 +212,7 @@ final class ProxyConnection: TrackedConnection {
         if !clientActive && !upstreamActive { finish() }
     }
 
-    /// Shuts the output of `side` once everything queued for it has been written. An empty
-    /// write completes after every write queued before it: only then is the output shut, so
-    /// no byte is lost when NIO turns the half-close into a full close.
+    /// Shuts the output of `side` once everything queued for it has been written.
     func forwardFIN(to side: ProxySide) {
         guard !finForwarded(side) else { return }
         setFINForwarded(side)
@@ -225,6 +230,16 @@ final class ProxyConnection: TrackedConnection {
             closeAll()
             return
         }
+        let inputOpen = side == .client ? !clientInputClosed : !upstreamInputClosed
+        if inputOpen {
+            // NIO shuts the output only once the writes queued before are written.
+            context.flush()
+            target.close(mode: .output, promise: nil)
+            return
+        }
+        // The side sent its own FIN first: NIO turns this half-close into a full close, which
+        // would drop queued writes. An empty write completes after every write queued before
+        // it; only then is the output shut.
         let written = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(NIOAny(ByteBuffer()), promise: written)
         written.futureResult.assumeIsolated().whenComplete { result in
@@ -241,8 +256,8 @@ final class ProxyConnection: TrackedConnection {
         let loopBoundSelf = NIOLoopBound(self, eventLoop: eventLoop)
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.nanoseconds(listener.rule.connectTimeout.nanoseconds))
-            // TCP_NODELAY is NIO's default for client channels too.
-            .channelOption(.allowRemoteHalfClosure, value: true)
+            // TCP_NODELAY is NIO's default for client channels too. Half-closure is set by the
+            // initializer: a bootstrap option would cost a future and a dynamic cast more.
             .channelInitializer { channel in
                 // Runs on this connection's loop: the bootstrap's group is that loop.
                 let connection = loopBoundSelf.value
@@ -250,6 +265,7 @@ final class ProxyConnection: TrackedConnection {
                 connection.upstreamHandler = handler
                 connection.upstreamChannel = channel
                 return channel.eventLoop.makeCompletedFuture {
+                    try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
                     if let tls = connection.listener.upstreamTLS {
                         try channel.pipeline.syncOperations.addHandler(
                             try NIOSSLClientHandler(context: tls.context, serverHostname: tls.serverName))

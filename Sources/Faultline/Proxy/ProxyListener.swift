@@ -133,9 +133,11 @@ public final class ProxyListener: Sendable {
             // Accept a burst of connections per wake-up rather than one.
             .serverChannelOption(.maxMessagesPerRead, value: 16)
             // TCP_NODELAY is NIO's default for accepted channels: setting it again costs a syscall.
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            // No child channel options: the bootstrap applies those as a chain of futures per
+            // connection; the initializer sets half-closure directly instead.
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
                     // The configuration is read once, here: the connection keeps it for life.
                     let listener = configuration.withLockedValue { $0 }
                     guard listenerGuard.admit(channel, limit: listener.rule.maxConnections, rejected: listener.metrics.rejectedOverLimit)
