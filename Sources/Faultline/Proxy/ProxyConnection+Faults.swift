@@ -252,12 +252,15 @@ extension ProxyConnection {
     }
 
     func cancelFaultTimers() {
-        for timer in timedEnds.values { timer.cancel() }
-        timedEnds = [:]
-        flows[0].timer?.cancel()
-        flows[0].timer = nil
-        flows[1].timer?.cancel()
-        flows[1].timer = nil
+        if !timedEnds.isEmpty {
+            for timer in timedEnds.values { timer.cancel() }
+            timedEnds = [:]
+        }
+        // Only written when set: a write would copy the shared idle states.
+        for index in flows.indices where flows[index].timer != nil {
+            flows[index].timer?.cancel()
+            flows[index].timer = nil
+        }
         dialTimer?.cancel()
         dialTimer = nil
     }

@@ -238,8 +238,13 @@ final class ProxyConnection: TrackedConnection {
             return
         }
         // The side sent its own FIN first: NIO turns this half-close into a full close, which
-        // would drop queued writes. An empty write completes after every write queued before
-        // it; only then is the output shut.
+        // would drop queued writes. With none queued, that full close is all there is to do;
+        // otherwise an empty write completes after every write queued before it, and only
+        // then is the output shut.
+        if let options = target.syncOptions, (try? options.getOption(.bufferedWritableBytes)) == 0 {
+            target.close(mode: .output, promise: nil)
+            return
+        }
         let written = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(NIOAny(ByteBuffer()), promise: written)
         written.futureResult.assumeIsolated().whenComplete { result in
