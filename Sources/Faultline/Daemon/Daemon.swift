@@ -67,12 +67,13 @@ public final class Daemon: Sendable {
 
     /// Binds everything; either the whole daemon is up or nothing is left running.
     public static func start(rules: RuleSet, options: DaemonOptions, logger: Logger) async throws -> Daemon {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, options.eventLoops))
+        let steering = AcceptSteering(logger: logger)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, options.eventLoops), metricsDelegate: steering)
         let metrics = FaultlineMetrics()
         let proxy = ProxyService(
             group: group, metrics: metrics, gracePeriod: options.gracePeriod,
             seed: options.seed ?? FaultRandom.randomSeed(),
-            authorities: CertificateAuthorities(folder: options.stateDirectory), logger: logger)
+            authorities: CertificateAuthorities(folder: options.stateDirectory), steering: steering, logger: logger)
         var demo: SmallHTTPServer?
         var metricsServer: SmallHTTPServer?
         do {

@@ -20,6 +20,7 @@ public final class ProxyListener: Sendable {
     private let configuration: NIOLockedValueBox<ListenerConfiguration>
     private let acceptors: [Acceptor]
     private let authorities: CertificateAuthorities
+    private let steering: AcceptSteering?
     private let logger: Logger
 
     struct Acceptor: Sendable {
@@ -28,8 +29,9 @@ public final class ProxyListener: Sendable {
     }
 
     private init(name: String, boundAddress: SocketAddress, configuration: NIOLockedValueBox<ListenerConfiguration>,
-                 acceptors: [Acceptor], authorities: CertificateAuthorities, logger: Logger) {
+                 acceptors: [Acceptor], authorities: CertificateAuthorities, steering: AcceptSteering?, logger: Logger) {
         self.authorities = authorities
+        self.steering = steering
         self.name = name
         self.boundAddress = boundAddress
         self.configuration = configuration
@@ -59,6 +61,7 @@ public final class ProxyListener: Sendable {
         metrics: FaultlineMetrics,
         authorities: CertificateAuthorities,
         seed: UInt64,
+        steering: AcceptSteering? = nil,
         logger baseLogger: Logger
     ) async throws -> ProxyListener {
         var logger = baseLogger
@@ -97,10 +100,12 @@ public final class ProxyListener: Sendable {
             for acceptor in acceptors { try? await acceptor.serverChannel.close() }
             throw ListenerStartError(listener: rule.name, address: rule.listen, reason: Self.describe(error))
         }
+        // The group's sockets are all bound: new connections follow the steering's choice.
+        if let steering, let first = acceptors.first { steering.register(first.serverChannel) }
         logger.info("listening", metadata: ["address": "\(address)", "upstream": "\(rule.upstream)"])
         return ProxyListener(
             name: rule.name, boundAddress: address, configuration: configuration,
-            acceptors: acceptors, authorities: authorities, logger: logger)
+            acceptors: acceptors, authorities: authorities, steering: steering, logger: logger)
     }
 
     private static func bind(
@@ -185,12 +190,22 @@ public final class ProxyListener: Sendable {
 
     /// Stops accepting; open connections carry on.
     func stopAccepting() async {
+        if let first = acceptors.first { steering?.unregister(first.serverChannel) }
         for acceptor in acceptors {
             try? await acceptor.serverChannel.close()
             // No new client will take an idle upstream connection: close them, and those of
             // the clients still finishing as they finish.
             try? await acceptor.tracker.eventLoop.submit { acceptor.tracker.upstreamPool.close() }.get()
         }
+    }
+
+    /// Open connections on each loop, in the group's order.
+    func openConnectionsPerLoop() async -> [Int] {
+        var counts: [Int] = []
+        for acceptor in acceptors {
+            counts.append((try? await acceptor.tracker.eventLoop.submit { acceptor.tracker.count }.get()) ?? 0)
+        }
+        return counts
     }
 
     /// Open connections across all loops.

@@ -15,6 +15,8 @@ public final class ProxyService: Service, Sendable {
     private let logger: Logger
     private let gracePeriod: Duration
     private let seed: UInt64
+    /// Steers new connections to one loop first (see `AcceptSteering`); nil: the kernel's hash.
+    let steering: AcceptSteering?
     /// Faultline's CA for TLS listeners (loaded or created on first need).
     public let authorities: CertificateAuthorities
     private let listenersByName: NIOLockedValueBox<[String: ProxyListener]>
@@ -24,8 +26,9 @@ public final class ProxyService: Service, Sendable {
     private let retired: NIOLockedValueBox<[ObjectIdentifier: (listener: ProxyListener, watch: Task<Void, Never>)]>
 
     init(group: MultiThreadedEventLoopGroup, metrics: FaultlineMetrics, gracePeriod: Duration, seed: UInt64,
-         authorities: CertificateAuthorities, logger: Logger) {
+         authorities: CertificateAuthorities, steering: AcceptSteering? = nil, logger: Logger) {
         self.authorities = authorities
+        self.steering = steering
         self.group = group
         self.metrics = metrics
         self.gracePeriod = gracePeriod
@@ -44,7 +47,7 @@ public final class ProxyService: Service, Sendable {
                 started.append(
                     try await ProxyListener.start(
                         rule: rule, faults: rules.faults(forListener: rule.name), group: group, metrics: metrics,
-                        authorities: authorities, seed: seed, logger: logger))
+                        authorities: authorities, seed: seed, steering: steering, logger: logger))
             }
         } catch {
             for listener in started { await listener.stopAccepting() }
@@ -92,7 +95,7 @@ public final class ProxyService: Service, Sendable {
                 started.append(
                     try await ProxyListener.start(
                         rule: rule, faults: rules.faults(forListener: rule.name), group: group, metrics: metrics,
-                        authorities: authorities, seed: seed, logger: logger))
+                        authorities: authorities, seed: seed, steering: steering, logger: logger))
             }
         } catch {
             for listener in started { await listener.stopAccepting() }

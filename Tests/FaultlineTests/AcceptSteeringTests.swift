@@ -1,0 +1,97 @@
+@testable import Faultline
+import FaultlineRules
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite struct AcceptSteeringTests {
+    /// A loop's window is the share of a core its thread used over at least 100 ms.
+    @Test func loopLoadWindowMeasuresShareOfACore() {
+        let window = LoopLoadWindow(slot: 0)
+        var now = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        var cpu: Int64 = 0
+        #expect(window.tickEnded(at: now, cpu: { cpu }) == nil)
+        var shares: [Double] = []
+        for _ in 0..<10 {  // ticks 12 ms apart, 9 ms of CPU each
+            now = now + .milliseconds(12)
+            cpu += 9_000_000
+            if let share = window.tickEnded(at: now, cpu: { cpu }) { shares.append(share) }
+        }
+        #expect(shares.count == 1)
+        #expect(abs((shares.first ?? 0) - 0.75) < 0.001, "shares: \(shares)")
+    }
+
+    /// Connections spread once a loop is busy, and fill one loop again only when every loop
+    /// is below the lower threshold or has gone quiet.
+    @Test func steeringHasHysteresisAndForgetsQuietLoops() {
+        let steering = AcceptSteering(logger: Logger(label: "test"))
+        let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        steering.report(loop: 0, share: 0.8, at: start)
+        #expect(steering.fillsFirst, "80 % of a core is not busy")
+        steering.report(loop: 0, share: 0.95, at: start + .milliseconds(100))
+        #expect(!steering.fillsFirst)
+        steering.report(loop: 1, share: 0.1, at: start + .milliseconds(150))
+        steering.report(loop: 0, share: 0.5, at: start + .milliseconds(200))
+        #expect(!steering.fillsFirst, "a loop at 50 % keeps connections spread")
+        steering.report(loop: 0, share: 0.1, at: start + .milliseconds(300))
+        #expect(steering.fillsFirst)
+        steering.report(loop: 0, share: 0.95, at: start + .milliseconds(400))
+        #expect(!steering.fillsFirst)
+        // Loop 0 goes quiet (no events, no ticks); loop 1 reports 400 ms later.
+        steering.report(loop: 1, share: 0.1, at: start + .milliseconds(800))
+        #expect(steering.fillsFirst, "a loop that has not reported for 300 ms is idle")
+    }
+
+    /// While no loop is busy every new connection lands on one loop (with the kernel's hash,
+    /// 24 connections over 2 loops all land on one with a chance of 2 in 16 million); once a
+    /// loop is busy, new connections go to every loop.
+    @Test func newConnectionsFillOneLoopUntilOneIsBusy() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let server = try await TestServer.start(group: group, handler: { EchoHandler() })
+        let daemon = try await TestDaemon.start([TestDaemon.listener(upstreamPort: server.port)], eventLoops: 2)
+        var clients: [LineClient] = []
+        do {
+            let steering = try #require(daemon.proxy.steering)
+            let listener = try #require(daemon.proxy.listener(named: "test"))
+            for index in 0..<24 {
+                let client = try await LineClient.connect(port: daemon.port(), group: group)
+                clients.append(client)
+                #expect(try await client.exchange("hello \(index)") == "hello \(index)")
+            }
+            let filled = await listener.openConnectionsPerLoop()
+            #expect(filled.sorted() == [0, 24], "per loop: \(filled)")
+
+            // A loop of its own (the daemon's loops report under 0, 1): busy until told otherwise,
+            // reported again before each connection so that it never goes stale.
+            steering.report(loop: 1000, share: 1, at: .now())
+            #expect(!steering.fillsFirst)
+            // The program is set on the listening socket's loop: connect until one lands
+            // elsewhere (each has an even chance once the kernel hashes), for at most 10 s.
+            let deadline = ContinuousClock.now + .seconds(10)
+            var spread = filled
+            while spread.contains(0), ContinuousClock.now < deadline, clients.count < 200 {
+                steering.report(loop: 1000, share: 1, at: .now())
+                let client = try await LineClient.connect(port: daemon.port(), group: group)
+                clients.append(client)
+                #expect(try await client.exchange("again") == "again")
+                spread = await listener.openConnectionsPerLoop()
+            }
+            #expect(!spread.contains(0), "per loop once a loop is busy: \(spread)")
+
+            steering.report(loop: 1000, share: 0, at: .now())
+            #expect(steering.fillsFirst)
+        } catch {
+            Issue.record(error)
+        }
+        for client in clients { try? await client.close() }
+        await daemon.shutdown()
+        await server.stop()
+        try await group.shutdownGracefully()
+    }
+}
