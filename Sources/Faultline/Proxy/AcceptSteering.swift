@@ -22,8 +22,10 @@ import Glibc
 /// Connections stay on the loop that accepted them either way.
 ///
 /// Each loop measures its own thread's CPU time at the end of NIO's ticks (the group's
-/// metrics delegate) over windows of `window`, and reports it once per window. A loop that
-/// has not reported for `staleAfter` had no events to handle: it counts as idle.
+/// metrics delegate) over windows of `window`, and reports it once per window: the lock is
+/// taken ten times a second per working loop, never per event. A loop that has not reported
+/// for `staleAfter` had no events to handle: it counts as idle. Programs are set under the
+/// lock, so that the last one set is the one the state says.
 public final class AcceptSteering: NIOEventLoopMetricsDelegate, Sendable {
     public static let busyAbove = 0.9
     public static let idleBelow = 0.25
@@ -64,21 +66,21 @@ public final class AcceptSteering: NIOEventLoopMetricsDelegate, Sendable {
 
     /// A listener is bound on every loop: its group follows the current choice.
     func register(_ channel: Channel) {
-        let fillFirst = state.withLockedValue { state in
+        state.withLockedValue { state in
             state.listeners[ObjectIdentifier(channel)] = channel
-            return state.fillsFirst(channel)
+            apply(fillFirst: state.fillsFirst(channel), to: channel)
         }
-        apply(fillFirst: fillFirst, to: channel)
     }
 
     /// The listener stops accepting; a listener left alone on its address takes the choice in force.
     func unregister(_ channel: Channel) {
         let address = channel.localAddress
-        let left: [(Channel, Bool)] = state.withLockedValue { state in
+        state.withLockedValue { state in
             state.listeners.removeValue(forKey: ObjectIdentifier(channel))
-            return state.listeners.values.filter { $0.localAddress == address }.map { ($0, state.fillsFirst($0)) }
+            for other in state.listeners.values where other.localAddress == address {
+                apply(fillFirst: state.fillsFirst(other), to: other)
+            }
         }
-        for (other, fillFirst) in left { apply(fillFirst: fillFirst, to: other) }
     }
 
     // MARK: Loads
@@ -103,18 +105,17 @@ public final class AcceptSteering: NIOEventLoopMetricsDelegate, Sendable {
     /// for the group does. Busy means above `busyAbove` while connections fill one loop, and
     /// still above `idleBelow` once they are spread.
     func report(loop slot: Int, share: Double, at now: NIODeadline) {
-        let change: (fillFirst: Bool, channels: [(Channel, Bool)])? = state.withLockedValue { state in
+        let changed: Bool? = state.withLockedValue { state in
             state.loads[slot] = (share, now)
             let threshold = state.fillFirst ? Self.busyAbove : Self.idleBelow
             let busy = state.loads.values.contains { now - $0.at < Self.staleAfter && $0.share > threshold }
             guard busy == state.fillFirst else { return nil }
             state.fillFirst = !busy
-            return (state.fillFirst, state.listeners.values.map { ($0, state.fillsFirst($0)) })
+            for channel in state.listeners.values { apply(fillFirst: state.fillsFirst(channel), to: channel) }
+            return state.fillFirst
         }
-        guard let change else { return }
-        logger.debug(
-            "new connections \(change.fillFirst ? "fill one event loop first" : "spread over every event loop")")
-        for (channel, fillFirst) in change.channels { apply(fillFirst: fillFirst, to: channel) }
+        guard let changed else { return }
+        logger.debug("new connections \(changed ? "fill one event loop first" : "spread over every event loop")")
     }
 
     private func apply(fillFirst: Bool, to channel: Channel) {
