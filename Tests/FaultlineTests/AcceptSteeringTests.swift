@@ -84,7 +84,14 @@ import Glibc
             }
             #expect(!spread.contains(0), "per loop once a loop is busy: \(spread)")
 
+            // Back to one loop once every loop is quiet or below the lower threshold (a loop
+            // slowed down by a sanitizer may stay above it until the connections go quiet).
+            let quietBy = ContinuousClock.now + .seconds(10)
             steering.report(loop: 1000, share: 0, at: .now())
+            while !steering.fillsFirst, ContinuousClock.now < quietBy {
+                try await Task.sleep(for: .milliseconds(50))
+                steering.report(loop: 1000, share: 0, at: .now())
+            }
             #expect(steering.fillsFirst)
         } catch {
             Issue.record(error)
