@@ -40,7 +40,7 @@ final class HTTPExchange {
 
     /// Response parts not yet written to the client: while a delay holds the response, while
     /// throttling paces it, or while the client is not writable.
-    var responseQueue: [HTTPServerResponsePart] = []
+    var responseQueue: [HTTPResponseBytes] = []
     var responseHeld = false
     var responseHeadReceived = false
     var responseEndReceived = false
@@ -157,13 +157,12 @@ final class HTTPProxyConnection: TrackedConnection {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderListSize = settings.maxHeadBytes
         limits.maxHeaderFieldSize = settings.maxHeadBytes
-        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-            // Requests are kept in order here (`pipelined`), not by NIO's pipelining handler:
-            // it stops and restarts reads around every request, two epoll_ctl calls each.
-            position: .last, withPipeliningAssistance: false, withServerUpgrade: nil, withErrorHandling: false,
-            // Response heads are the upstream's, already parsed: checking them again costs time.
-            withOutboundHeaderValidation: false, withEncoderConfiguration: .init(),
-            withDecoderLimitConfiguration: limits)
+        // NIO's request decoder alone: requests are kept in order here (`pipelined`), not by
+        // NIO's pipelining handler, which stops and restarts reads around every request (two
+        // epoll_ctl calls each); and responses go out as bytes (`HTTPResponseBytes`), with no
+        // encoder. Bytes a client sends after an `Upgrade` request go to the tunnel.
+        try channel.pipeline.syncOperations.addHandler(
+            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: limits)))
         let handler = HTTPClientSideHandler(connection: self)
         clientHandler = handler
         try channel.pipeline.syncOperations.addHandler(handler)
@@ -501,17 +500,14 @@ final class HTTPProxyConnection: TrackedConnection {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let connection = loopBoundSelf.value
-                    let handler = HTTPUpstreamSideHandler(connection: connection, generation: generation)
-                    let decoder = HTTPResponseDecoder(
-                        // Bytes after a 101 belong to the tunnel that takes over.
-                        leftOverBytesStrategy: .forwardBytes, informationalResponseStrategy: .forward)
+                    let handler = HTTPUpstreamSideHandler(
+                        connection: connection, generation: generation,
+                        maxHeadBytes: max(connection.settings.maxHeadBytes, 64 * 1024))
                     if let tls = connection.listener.upstreamTLS {
                         try channel.pipeline.syncOperations.addHandler(
                             try NIOSSLClientHandler(context: tls.context, serverHostname: tls.serverName))
                     }
-                    try channel.pipeline.syncOperations.addHandlers([
-                        HTTPRequestEncoder(), ByteToMessageHandler(decoder), handler,
-                    ])
+                    try channel.pipeline.syncOperations.addHandlers([HTTPRequestEncoder(), handler])
                     connection.upstreamHandler = handler
                     connection.upstreamChannel = channel
                 }
@@ -570,19 +566,26 @@ final class HTTPProxyConnection: TrackedConnection {
         clientHandler?.resumeReading()
     }
 
-    func responsePart(_ part: HTTPClientResponsePart, generation: Int) {
+    func responsePart(_ part: HTTPResponseFramer.Part, generation: Int) {
         guard generation == self.generation, let exchange, exchange.headSent, !exchange.responseEndReceived else {
             // An answer nobody asked for: this upstream connection cannot be trusted.
             if generation == self.generation { closeUpstream() }
             return
         }
-        // The 101's own end: the 101 has been passed on already and the hand-over is queued.
-        if exchange.upgrading { return }
+        if exchange.upgrading {
+            // What the service sent right after its 101 belongs to the tunnel taking over.
+            if case .tunnel(let bytes) = part {
+                tracker.bytesDownstream &+= Int64(bytes.readableBytes)
+                clientHandler?.write(bytes)
+                clientHandler?.flush()
+            }
+            return
+        }
         switch part {
-        case .head(let head):
-            if head.status.code < 200 {
+        case .head(let head, let bytes):
+            if head.status < 200 {
                 // 100 Continue and other interim answers go straight through.
-                if head.status == .switchingProtocols {
+                if head.status == 101 {
                     guard exchange.upgradeRequested, exchange.requestSent else {
                         closeUpstream()
                         fail(exchange, 502, "faultline: the upstream switched protocols without being asked\n")
@@ -591,21 +594,20 @@ final class HTTPProxyConnection: TrackedConnection {
                     exchange.upgrading = true
                     exchange.responseDeadline = nil
                     exchange.status = 101
-                    clientHandler?.write(.head(head))
-                    clientHandler?.write(.end(nil))
+                    clientHandler?.write(bytes)
                     clientHandler?.flush()
                     // After this callback returns: the handlers being removed are on the stack now.
                     eventLoop.assumeIsolated().execute { [self] in handOverToTunnel(exchange) }
                     return
                 }
-                clientHandler?.write(.head(head))
+                clientHandler?.write(bytes)
                 clientHandler?.flush()
                 return
             }
             exchange.responseHeadReceived = true
             exchange.responseDeadline = nil
-            exchange.status = Int(head.status.code)
-            exchange.upstreamKeepAlive = head.isKeepAlive
+            exchange.status = head.status
+            exchange.upstreamKeepAlive = head.keepAlive
             if case .delayResponse(let nanoseconds) = exchange.fault {
                 exchange.responseHeld = true
                 exchange.timer = eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(nanoseconds)) { [self] in
@@ -618,37 +620,43 @@ final class HTTPProxyConnection: TrackedConnection {
             // hears about its own: closed after this answer, or kept.
             let wanted: String? =
                 !exchange.clientKeepAlive || !exchange.upstreamKeepAlive ? "close" : exchange.clientIsHTTP10 ? "keep-alive" : nil
-            let current = head.headers.first(name: "connection")?.lowercased()
             // Most often there is nothing to change: no header, or the upstream's own
             // "keep-alive" (nginx always sends it) is just as true of the client's connection.
-            if current == wanted || (wanted == nil && current == "keep-alive") {
-                sendToClient(.head(head), exchange)
-            } else {
-                var head = head
-                Self.removeHopByHopHeaders(&head.headers)
-                if let wanted { head.headers.add(name: "Connection", value: wanted) }
-                sendToClient(.head(head), exchange)
-            }
+            let unchanged =
+                switch head.connection {
+                case .absent: wanted == nil
+                case .keepAlive: wanted == nil || wanted == "keep-alive"
+                case .close: wanted == "close"
+                case .other: false
+                }
+            sendToClient(.head(unchanged ? bytes : HTTPResponseFramer.replacingConnection(in: bytes, with: wanted)), exchange)
         case .body(let buffer):
             tracker.bytesDownstream &+= Int64(buffer.readableBytes)
-            sendToClient(.body(.byteBuffer(buffer)), exchange)
-        case .end(let trailers):
+            sendToClient(.body(buffer), exchange)
+        case .framing(let buffer):
+            sendToClient(.framing(buffer), exchange)
+        case .end(let last):
             exchange.responseEndReceived = true
-            sendToClient(.end(trailers), exchange)
+            sendToClient(.end(last), exchange)
+        case .tunnel:
+            // Bytes after a 101 that was not passed on: the connection is out of step.
+            closeUpstream()
         }
     }
 
-    private func sendToClient(_ part: HTTPServerResponsePart, _ exchange: HTTPExchange) {
+    private func sendToClient(_ part: HTTPResponseBytes, _ exchange: HTTPExchange) {
         if exchange.responseQueue.isEmpty, !exchange.shapesResponse, let client = clientHandler, client.isWritable {
             switch part {
-            case .head:
+            case .head(let bytes):
                 exchange.responseHeadSent = true
-                client.write(part)
-            case .body(let data):
-                exchange.bodySent += data.readableBytes
-                client.write(part)
-            case .end(let trailers):
-                responseComplete(exchange, trailers: trailers)
+                client.write(bytes)
+            case .body(let bytes):
+                exchange.bodySent += bytes.readableBytes
+                client.write(bytes)
+            case .framing(let bytes):
+                client.write(bytes)
+            case .end(let last):
+                responseComplete(exchange, last: last)
             }
             return
         }
@@ -664,18 +672,18 @@ final class HTTPProxyConnection: TrackedConnection {
         while let part = exchange.responseQueue.first {
             guard client.isWritable else { return }
             switch part {
-            case .head:
+            case .head(let bytes):
                 exchange.responseQueue.removeFirst()
                 exchange.responseHeadSent = true
-                client.write(part)
+                client.write(bytes)
                 wrote = true
-            case .body(.byteBuffer(var buffer)):
+            case .body(var buffer):
                 switch exchange.fault {
                 case .truncate(let limit), .reset(afterBodyBytes: .some(let limit)):
                     let allowed = max(0, limit - exchange.bodySent)
                     if buffer.readableBytes > allowed {
                         // The body stops here: a FIN (truncate) or an RST (reset).
-                        if allowed > 0 { client.write(.body(.byteBuffer(buffer.readSlice(length: allowed)!))) }
+                        if allowed > 0 { client.write(buffer.readSlice(length: allowed)!) }
                         exchange.bodySent += allowed
                         wrote = false
                         cutResponse(exchange, reset: { if case .reset = exchange.fault { true } else { false } }())
@@ -693,9 +701,9 @@ final class HTTPProxyConnection: TrackedConnection {
                         + .nanoseconds(Int64(Double(length) / Double(rate) * 1e9))
                     if length < buffer.readableBytes {
                         let piece = buffer.readSlice(length: length)!
-                        exchange.responseQueue[exchange.responseQueue.startIndex] = .body(.byteBuffer(buffer))
+                        exchange.responseQueue[exchange.responseQueue.startIndex] = .body(buffer)
                         exchange.bodySent += length
-                        client.write(.body(.byteBuffer(piece)))
+                        client.write(piece)
                         wrote = true
                         continue
                     }
@@ -704,16 +712,16 @@ final class HTTPProxyConnection: TrackedConnection {
                 }
                 exchange.responseQueue.removeFirst()
                 exchange.bodySent += buffer.readableBytes
-                client.write(part)
+                client.write(buffer)
                 wrote = true
-            case .body:
+            case .framing(let bytes):
                 exchange.responseQueue.removeFirst()
-                client.write(part)
+                client.write(bytes)
                 wrote = true
-            case .end(let trailers):
+            case .end(let last):
                 exchange.responseQueue.removeFirst()
                 wrote = false
-                responseComplete(exchange, trailers: trailers)
+                responseComplete(exchange, last: last)
                 // The upstream's reads were held while the queue was full; the next response
                 // on a kept-alive connection comes through them.
                 upstreamHandler?.resumeReading()
@@ -744,7 +752,7 @@ final class HTTPProxyConnection: TrackedConnection {
         }
     }
 
-    private func responseComplete(_ exchange: HTTPExchange, trailers: HTTPHeaders?) {
+    private func responseComplete(_ exchange: HTTPExchange, last: ByteBuffer?) {
         // A client that half-closed after pipelining requests still gets every answer.
         let close = !exchange.clientKeepAlive || !exchange.upstreamKeepAlive || (closeAfterResponse && pipelined.isEmpty)
         if !exchange.upstreamKeepAlive || !exchange.requestSent {
@@ -753,7 +761,7 @@ final class HTTPProxyConnection: TrackedConnection {
             closeUpstream()
         }
         endExchange(exchange, counted: true)
-        clientHandler?.writeEnd(trailers, thenClose: close)
+        clientHandler?.writeEnd(last, thenClose: close)
         if close {
             pipelined.removeAll()
         } else {
@@ -799,15 +807,11 @@ final class HTTPProxyConnection: TrackedConnection {
             try tunnel.adoptTunnel(client: client, upstream: upstream)
             let clientPipeline = client.pipeline.syncOperations
             if let handler = clientHandler { _ = clientPipeline.removeHandler(handler) }
-            _ = clientPipeline.removeHandler(try clientPipeline.handler(type: HTTPResponseEncoder.self))
             _ = clientPipeline.removeHandler(try clientPipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self))
             if let headWatch { _ = clientPipeline.removeHandler(headWatch) }
+            // The upstream's bytes after its 101 have been passed on already (`responsePart`).
             let upstreamPipeline = upstream.pipeline.syncOperations
             if let handler = upstreamHandler { _ = upstreamPipeline.removeHandler(handler) }
-            // The decoder hands what it still holds to the tunnel when its removal completes,
-            // with no read-complete after it: flush then.
-            upstreamPipeline.removeHandler(try upstreamPipeline.handler(type: ByteToMessageHandler<HTTPResponseDecoder>.self))
-                .assumeIsolated().whenComplete { _ in client.flush() }
             _ = upstreamPipeline.removeHandler(try upstreamPipeline.handler(type: HTTPRequestEncoder.self))
         } catch {
             logger.warning("WebSocket hand-over failed; closing", metadata: ["conn.id": "\(id)", "error": "\(error)"])
@@ -832,7 +836,7 @@ final class HTTPProxyConnection: TrackedConnection {
         guard generation == self.generation else { return }
         if let ioError = error as? IOError, ioError.errnoCode == ECONNRESET || ioError.errnoCode == EPIPE {
             upstreamResetSeen = true
-        } else if error is HTTPParserError {
+        } else if error is HTTPResponseFramer.FramingError {
             metrics.upstreamErrors[.badResponse]!.increment()
             let channel = upstreamChannel
             forgetUpstream()
@@ -916,17 +920,19 @@ final class HTTPProxyConnection: TrackedConnection {
     /// An answer made by Faultline (abort, 400 for a bad fault header, 501): keep-alive unless
     /// the request said otherwise.
     private func answer(_ exchange: HTTPExchange, status: Int, headers: [HTTPAbort.HeaderField], body: String) {
-        var responseHeaders = HTTPHeaders(headers.map { ($0.name, $0.value) })
-        responseHeaders.replaceOrAdd(name: "Content-Length", value: "\(body.utf8.count)")
         exchange.status = status
         exchange.upstreamKeepAlive = true
         exchange.requestSent = true  // nothing went upstream, so the upstream connection stays usable
         exchange.responseHeadSent = true
-        clientHandler?.write(.head(HTTPResponseHead(version: .http1_1, status: .init(statusCode: status), headers: responseHeaders)))
-        if !exchange.isHead, !body.isEmpty {
-            clientHandler?.write(.body(.byteBuffer(ByteBuffer(string: body))))
+        // The client hears whether its connection stays: an HTTP/1.0 client only keeps it when told.
+        var fields = headers.map { (name: $0.name, value: $0.value) }
+        if !exchange.clientKeepAlive || (closeAfterResponse && pipelined.isEmpty) {
+            fields.append((name: "Connection", value: "close"))
+        } else if exchange.clientIsHTTP10 {
+            fields.append((name: "Connection", value: "keep-alive"))
         }
-        responseComplete(exchange, trailers: nil)
+        clientHandler?.write(HTTPResponseBytes.answer(status: status, headers: fields, body: body, isHead: exchange.isHead))
+        responseComplete(exchange, last: nil)
     }
 
     /// The upstream failed this request (502, 504): answered if no response has started, the
@@ -942,11 +948,8 @@ final class HTTPProxyConnection: TrackedConnection {
         }
         exchange.status = status
         exchange.responseHeadSent = true
-        let headers = HTTPHeaders([
-            ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "\(body.utf8.count)"), ("Connection", "close"),
-        ])
-        clientHandler?.write(.head(HTTPResponseHead(version: .http1_1, status: .init(statusCode: status), headers: headers)))
-        if !exchange.isHead { clientHandler?.write(.body(.byteBuffer(ByteBuffer(string: body)))) }
+        let headers = [(name: "Content-Type", value: "text/plain; charset=utf-8"), (name: "Connection", value: "close")]
+        clientHandler?.write(HTTPResponseBytes.answer(status: status, headers: headers, body: body, isHead: exchange.isHead))
         endExchange(exchange, counted: true)
         clientHandler?.writeEnd(nil, thenClose: true)
     }
@@ -1008,7 +1011,12 @@ final class HTTPProxyConnection: TrackedConnection {
         }
         var queued = 0
         if let exchange {
-            for case .body(let data) in exchange.responseQueue { queued += data.readableBytes }
+            for part in exchange.responseQueue {
+                switch part {
+                case .head(let bytes), .body(let bytes), .framing(let bytes), .end(.some(let bytes)): queued += bytes.readableBytes
+                case .end(nil): break
+                }
+            }
             for case .body(let data) in exchange.requestQueue { queued += data.readableBytes }
         }
         return buffered(clientChannel) + buffered(upstreamChannel) + queued

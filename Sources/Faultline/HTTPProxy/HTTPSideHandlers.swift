@@ -30,12 +30,13 @@ final class HTTPHeadWatch: ChannelInboundHandler, RemovableChannelHandler {
     }
 }
 
-/// Last in the client pipeline (after NIO's HTTP server codec and pipelining handler): request
-/// parts in, response parts out, and the read gate for back-pressure, as in the TCP proxy.
+/// Last in the client pipeline (after NIO's HTTP request decoder): request parts in, response
+/// bytes out (the upstream's as they came, or Faultline's own answers, see `HTTPResponseBytes`),
+/// and the read gate for back-pressure, as in the TCP proxy.
 final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     private let connection: HTTPProxyConnection
     private(set) var context: ChannelHandlerContext?
@@ -102,35 +103,38 @@ final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler
         context.read()
     }
 
-    func write(_ part: HTTPServerResponsePart) {
-        context?.write(wrapOutboundOut(part), promise: nil)
+    func write(_ bytes: ByteBuffer) {
+        context?.write(wrapOutboundOut(bytes), promise: nil)
     }
 
     func flush() {
         context?.flush()
     }
 
-    /// Writes the end of a response and flushes; with `thenClose`, closes the connection once
-    /// everything before it is written.
-    func writeEnd(_ trailers: HTTPHeaders?, thenClose: Bool) {
+    /// Writes the last bytes of a response (if any) and flushes; with `thenClose`, closes the
+    /// connection once everything before it is written.
+    func writeEnd(_ last: ByteBuffer?, thenClose: Bool) {
         guard let context else { return }
         guard thenClose else {
-            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            if let last { context.write(wrapOutboundOut(last), promise: nil) }
+            context.flush()
             return
         }
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(.end(trailers))).whenComplete { _ in
+        context.writeAndFlush(wrapOutboundOut(last ?? ByteBuffer())).whenComplete { _ in
             channel.close(promise: nil)
         }
     }
 }
 
-/// Last in an upstream pipeline (after NIO's HTTP client codec). `generation` tells a current
-/// upstream connection from one the connection has already given up. Between two clients the
-/// connection may wait in the loop's `HTTPUpstreamPool`, parked: it belongs to no client then,
-/// and anything it does (close, send bytes nobody asked for, fail) takes it out of the pool.
+/// Last in an upstream pipeline (after NIO's HTTP request encoder): request parts out, the
+/// upstream's bytes in, cut into responses by an `HTTPResponseFramer`. `generation` tells a
+/// current upstream connection from one the connection has already given up. Between two
+/// clients the connection may wait in the loop's `HTTPUpstreamPool`, parked: it belongs to no
+/// client then, and anything it does (close, send bytes nobody asked for, fail) takes it out of
+/// the pool.
 final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPClientResponsePart
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = HTTPClientRequestPart
 
@@ -141,9 +145,12 @@ final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandl
     private(set) var context: ChannelHandlerContext?
     private var readHeld = false
 
-    init(connection: HTTPProxyConnection, generation: Int) {
+    private var framer: HTTPResponseFramer
+
+    init(connection: HTTPProxyConnection, generation: Int, maxHeadBytes: Int) {
         self.connection = connection
         self.generation = generation
+        self.framer = HTTPResponseFramer(maxHeadBytes: maxHeadBytes)
     }
 
     /// Into the pool: from now on the handler answers to the pool only, and keeps reading so
@@ -177,6 +184,8 @@ final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandl
             pool?.discard(self)
             return
         }
+        // A body without a length ends with the connection.
+        if framer.connectionEnded() { connection.responsePart(.end(nil), generation: generation) }
         connection.upstreamBecameInactive(generation)
     }
 
@@ -186,7 +195,15 @@ final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandl
             pool?.discard(self)
             return
         }
-        connection.responsePart(unwrapInboundIn(data), generation: generation)
+        var buffer = unwrapInboundIn(data)
+        let generation = self.generation
+        do {
+            while let part = try framer.next(&buffer) {
+                connection.responsePart(part, generation: generation)
+            }
+        } catch {
+            connection.upstreamError(error, generation: generation)
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -222,6 +239,8 @@ final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandl
     }
 
     func write(_ part: HTTPClientRequestPart) {
+        // The answer to a HEAD has no body, whatever its head says.
+        if case .head(let head) = part { framer.answersHeadRequest = head.method == .HEAD }
         context?.write(wrapOutboundOut(part), promise: nil)
     }
 

@@ -52,6 +52,45 @@ import Testing
         }
     }
 
+    /// Responses pass through as the upstream wrote them (HTTPResponseFramer): a chunked body
+    /// with an extension and trailers, written 3 bytes at a time, reaches the client byte for
+    /// byte, and the connection is kept for the next request.
+    @Test func chunkedAnswersInSmallPiecesPassThroughUnchanged() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n"
+        let body = "5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Sum: 12\r\n\r\n"
+        let server = try await TestServer.start(group: group) { ScriptedAnswerHandler(answer: head + "\r\n" + body, pieceSize: 3) }
+        try await withHTTPProxy(upstreamPort: server.port) { daemon, port, _ in
+            let result = try await Curl.run(["-v", "http://127.0.0.1:\(port)/a", "http://127.0.0.1:\(port)/b"])
+            #expect(result.status == 0)
+            #expect(result.text == "hello, worldhello, world")
+            #expect(result.log.contains("Re-using existing connection"))
+            // A client that asked to close hears so; the rest is the upstream's bytes.
+            let raw = await RawClient.exchange(
+                port: port, Array("GET /c HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".utf8), timeout: .seconds(5))
+            #expect(raw.status == 200)
+            #expect(raw.body == body)
+            #expect(await daemon.metric(#"faultline_http_requests_total{listener="test",code="2xx"}"#) == 3)
+        }
+        await server.stop()
+        try await group.shutdownGracefully()
+    }
+
+    @Test func malformedAnswerGives502() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let server = try await TestServer.start(group: group) {
+            ScriptedAnswerHandler(answer: "HTTP/1.1 200 OK\r\nContent-Length: twelve\r\n\r\nhello", pieceSize: 64)
+        }
+        try await withHTTPProxy(upstreamPort: server.port) { daemon, port, _ in
+            let result = try await Curl.run(["-i", "http://127.0.0.1:\(port)/"])
+            #expect(result.text.hasPrefix("HTTP/1.1 502 Bad Gateway"))
+            #expect(result.text.contains("faultline: the upstream sent a malformed response"))
+            #expect(await daemon.metric(#"faultline_http_upstream_errors_total{listener="test",kind="bad_response"}"#) == 1)
+        }
+        await server.stop()
+        try await group.shutdownGracefully()
+    }
+
     @Test func upstreamDownGives502() async throws {
         try await withHTTPProxy(upstreamPort: try unusedPort()) { daemon, port, _ in
             let result = try await Curl.run(["-i", "http://127.0.0.1:\(port)/"])

@@ -235,3 +235,35 @@ func raiseDescriptorLimit() {
     limit.rlim_cur = limit.rlim_max
     setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
 }
+
+/// Answers every request (a head ending in an empty line) with `answer`, written in pieces of
+/// `pieceSize` bytes, each flushed on its own: the proxy reads responses split anywhere.
+final class ScriptedAnswerHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    let answer: [UInt8]
+    let pieceSize: Int
+    private var received: [UInt8] = []
+
+    init(answer: String, pieceSize: Int) {
+        self.answer = Array(answer.utf8)
+        self.pieceSize = pieceSize
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        received += unwrapInboundIn(data).readableBytesView
+        let end: [UInt8] = Array("\r\n\r\n".utf8)
+        while let index = received.indices.first(where: { received[$0...].starts(with: end) }) {
+            received.removeFirst(index + end.count)
+            var offset = 0
+            while offset < answer.count {
+                let count = min(pieceSize, answer.count - offset)
+                context.writeAndFlush(NIOAny(ByteBuffer(bytes: answer[offset..<offset + count])), promise: nil)
+                offset += count
+            }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
