@@ -258,8 +258,7 @@ struct HTTPResponseFramer {
             var lines = HeadLines(bytes)
             guard let statusLine = lines.next() else { throw FramingError(description: "empty response head") }
             // "HTTP/1.1 200 OK": the version, a space, three digits, then a space or the end.
-            let prefix: [UInt8] = Array("HTTP/1.".utf8)
-            guard statusLine.count >= 12, statusLine.starts(with: prefix),
+            guard statusLine.count >= 12, startsWith(statusLine, "HTTP/1."),
                 statusLine[7] == UInt8(ascii: "0") || statusLine[7] == UInt8(ascii: "1"),
                 statusLine[8] == UInt8(ascii: " "),
                 statusLine[9...11].allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
@@ -285,8 +284,7 @@ struct HTTPResponseFramer {
                 }
                 let value = trimmed(line[(colon + 1)...])
                 if equalsLowercased(name, "content-length") {
-                    for item in value.split(separator: UInt8(ascii: ",")) {
-                        let digits = trimmed(item)
+                    try forEachItem(value) { digits in
                         guard !digits.isEmpty, digits.count <= 18,
                             digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") })
                         else { throw FramingError(description: "invalid Content-Length") }
@@ -299,11 +297,10 @@ struct HTTPResponseFramer {
                 } else if equalsLowercased(name, "transfer-encoding") {
                     hasTransferEncoding = true
                     // Chunked only when it is the last coding applied (RFC 9112, section 6.3).
-                    let last = value.split(separator: UInt8(ascii: ",")).last.map(trimmed)
-                    chunked = last.map { equalsLowercased($0, "chunked") } ?? false
+                    chunked = false
+                    forEachItem(value) { coding in chunked = equalsLowercased(coding, "chunked") }
                 } else if equalsLowercased(name, "connection") {
-                    for item in value.split(separator: UInt8(ascii: ",")) {
-                        let option = trimmed(item)
+                    forEachItem(value) { option in
                         let kind: ConnectionHeader =
                             equalsLowercased(option, "close") ? .close : equalsLowercased(option, "keep-alive") ? .keepAlive : .other
                         if kind == .close { closes = true }
@@ -362,6 +359,26 @@ struct HTTPResponseFramer {
             }
             throw FramingError(description: "invalid chunk size")
         }
+    }
+
+    /// Calls `body` with each comma-separated item of a header value, trimmed (no array made:
+    /// this runs for every response).
+    private static func forEachItem(
+        _ value: Slice<UnsafeRawBufferPointer>, _ body: (Slice<UnsafeRawBufferPointer>) throws -> Void
+    ) rethrows {
+        var start = value.startIndex
+        while start <= value.endIndex {
+            var end = start
+            while end < value.endIndex, value[end] != UInt8(ascii: ",") { end += 1 }
+            try body(trimmed(value[start..<end]))
+            start = end + 1
+        }
+    }
+
+    private static func startsWith(_ bytes: Slice<UnsafeRawBufferPointer>, _ prefix: StaticString) -> Bool {
+        guard bytes.count >= prefix.utf8CodeUnitCount else { return false }
+        let expected = UnsafeRawBufferPointer(start: prefix.utf8Start, count: prefix.utf8CodeUnitCount)
+        return zip(bytes, expected).allSatisfy { $0 == $1 }
     }
 
     private static func trimmed(_ bytes: Slice<UnsafeRawBufferPointer>) -> Slice<UnsafeRawBufferPointer> {
