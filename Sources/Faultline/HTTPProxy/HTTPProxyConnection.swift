@@ -507,7 +507,7 @@ final class HTTPProxyConnection: TrackedConnection {
                         try channel.pipeline.syncOperations.addHandler(
                             try NIOSSLClientHandler(context: tls.context, serverHostname: tls.serverName))
                     }
-                    try channel.pipeline.syncOperations.addHandlers([HTTPRequestEncoder(), handler])
+                    try channel.pipeline.syncOperations.addHandler(handler)
                     connection.upstreamHandler = handler
                     connection.upstreamChannel = channel
                 }
@@ -812,7 +812,6 @@ final class HTTPProxyConnection: TrackedConnection {
             // The upstream's bytes after its 101 have been passed on already (`responsePart`).
             let upstreamPipeline = upstream.pipeline.syncOperations
             if let handler = upstreamHandler { _ = upstreamPipeline.removeHandler(handler) }
-            _ = upstreamPipeline.removeHandler(try upstreamPipeline.handler(type: HTTPRequestEncoder.self))
         } catch {
             logger.warning("WebSocket hand-over failed; closing", metadata: ["conn.id": "\(id)", "error": "\(error)"])
             client.close(promise: nil)

@@ -127,16 +127,17 @@ final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 }
 
-/// Last in an upstream pipeline (after NIO's HTTP request encoder): request parts out, the
-/// upstream's bytes in, cut into responses by an `HTTPResponseFramer`. `generation` tells a
+/// The upstream pipeline's HTTP handler (after TLS, if the upstream speaks it): request parts
+/// out, written as bytes by `HTTPRequestBytes`, and the upstream's bytes in, cut into responses
+/// by an `HTTPResponseFramer`. `generation` tells a
 /// current upstream connection from one the connection has already given up. Between two
 /// clients the connection may wait in the loop's `HTTPUpstreamPool`, parked: it belongs to no
 /// client then, and anything it does (close, send bytes nobody asked for, fail) takes it out of
 /// the pool.
 final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = HTTPClientRequestPart
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     /// The client connection using this upstream connection; nil while parked.
     private var connection: HTTPProxyConnection?
@@ -146,6 +147,7 @@ final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandl
     private var readHeld = false
 
     private var framer: HTTPResponseFramer
+    private var request = HTTPRequestBytes()
 
     init(connection: HTTPProxyConnection, generation: Int, maxHeadBytes: Int) {
         self.connection = connection
@@ -239,9 +241,25 @@ final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandl
     }
 
     func write(_ part: HTTPClientRequestPart) {
-        // The answer to a HEAD has no body, whatever its head says.
-        if case .head(let head) = part { framer.answersHeadRequest = head.method == .HEAD }
-        context?.write(wrapOutboundOut(part), promise: nil)
+        guard let context else { return }
+        switch part {
+        case .head(let head):
+            // The answer to a HEAD has no body, whatever its head says.
+            framer.answersHeadRequest = head.method == .HEAD
+            context.write(wrapOutboundOut(request.head(head, allocator: context.channel.allocator)), promise: nil)
+        case .body(let data):
+            if let header = request.chunkHeader(length: data.readableBytes, allocator: context.channel.allocator) {
+                context.write(wrapOutboundOut(header), promise: nil)
+                context.write(NIOAny(data), promise: nil)
+                context.write(wrapOutboundOut(ByteBuffer(string: "\r\n")), promise: nil)
+            } else {
+                context.write(NIOAny(data), promise: nil)
+            }
+        case .end(let trailers):
+            if let end = request.end(trailers, allocator: context.channel.allocator) {
+                context.write(wrapOutboundOut(end), promise: nil)
+            }
+        }
     }
 
     func flush() {

@@ -1,0 +1,62 @@
+import NIOCore
+import NIOHTTP1
+
+/// A request as it goes upstream: the head NIO's decoder parsed (less the headers Faultline
+/// removes) and its body in the framing the client chose. Written straight into one buffer per
+/// head, rather than through NIO's request encoder and its extra pipeline step per part.
+struct HTTPRequestBytes {
+    /// The body goes in chunks: the client sent it so (the decoder hands out the content).
+    private(set) var chunked = false
+
+    /// The head's bytes; remembers whether the body that follows is chunked.
+    mutating func head(_ head: HTTPRequestHead, allocator: ByteBufferAllocator) -> ByteBuffer {
+        chunked = Self.isChunked(head)
+        var buffer = allocator.buffer(capacity: 256)
+        buffer.writeString(head.method.rawValue)
+        buffer.writeStaticString(" ")
+        buffer.writeString(head.uri)
+        buffer.writeStaticString(head.version.minor == 0 && head.version.major == 1 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
+        for (name, value) in head.headers {
+            buffer.writeString(name)
+            buffer.writeStaticString(": ")
+            buffer.writeString(value)
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString("\r\n")
+        return buffer
+    }
+
+    /// The line before a chunk of `length` bytes (nil when the body is not chunked).
+    func chunkHeader(length: Int, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        guard chunked, length > 0 else { return nil }
+        var buffer = allocator.buffer(capacity: 18)
+        buffer.writeString(String(length, radix: 16))
+        buffer.writeStaticString("\r\n")
+        return buffer
+    }
+
+    /// What ends the body: the last chunk and trailers of a chunked one, nothing otherwise.
+    func end(_ trailers: HTTPHeaders?, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        guard chunked else { return nil }
+        var buffer = allocator.buffer(capacity: 16)
+        buffer.writeStaticString("0\r\n")
+        for (name, value) in trailers ?? [:] {
+            buffer.writeString(name)
+            buffer.writeStaticString(": ")
+            buffer.writeString(value)
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString("\r\n")
+        return buffer
+    }
+
+    /// Chunked when the last transfer coding is (RFC 9112, section 6.1); NIO's decoder has
+    /// already refused a request that says both `Transfer-Encoding` and `Content-Length`.
+    private static func isChunked(_ head: HTTPRequestHead) -> Bool {
+        guard head.version.major == 1, head.version.minor >= 1, head.headers.contains(name: "transfer-encoding") else {
+            return false
+        }
+        let codings = head.headers[canonicalForm: "transfer-encoding"]
+        return codings.last.map { $0.lowercased() == "chunked" } ?? false
+    }
+}
