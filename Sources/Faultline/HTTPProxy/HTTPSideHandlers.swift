@@ -2,9 +2,9 @@ import NIOCore
 import NIOHTTP1
 
 /// First in the client pipeline, before the HTTP decoder: it tells the connection that bytes
-/// arrived (the head timeout starts with a request's first byte), and it is where Faultline's
-/// own error replies (400, 408, 431) are written as plain bytes, past the HTTP codec whose
-/// state an unparseable request has already broken.
+/// arrived (the head timeout starts with a request's first byte), and Faultline's own error
+/// replies (400, 408, 431) are written from its context, so that they go out even while the
+/// handlers after it are being torn down by the decoder's error.
 final class HTTPHeadWatch: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
