@@ -29,21 +29,18 @@ public enum RequestFault: Sendable, Equatable {
     }
 }
 
-/// The request as fault matching sees it.
+/// The request as fault matching sees it. Header values and the client's address are looked
+/// up by closures that the caller passes without storing them (no allocation), and only when
+/// a rule asks: every request of a listener with rules comes through here, and most match
+/// nothing.
 public struct RequestFacts {
     public var method: String
     /// Without the query string.
     public var path: Substring
-    /// First value of a header by lower-case name.
-    public var header: (String) -> String?
-    /// 4 or 16 bytes; nil for a UNIX socket client.
-    public var clientAddress: [UInt8]?
 
-    public init(method: String, path: Substring, header: @escaping (String) -> String?, clientAddress: [UInt8]?) {
+    public init(method: String, path: Substring) {
         self.method = method
         self.path = path
-        self.header = header
-        self.clientAddress = clientAddress
     }
 }
 
@@ -59,14 +56,27 @@ public enum HTTPFaultPlanner {
         case badHeader(String)
     }
 
+    /// - Parameters:
+    ///   - header: the first value of a header, by lower-case name.
+    ///   - clientAddress: 4 or 16 bytes; nil for a UNIX socket client. Asked at most once.
     public static func decide(
-        faults: [FaultRule], headerFaults: HeaderFaults, request: RequestFacts, random: inout FaultRandom
+        faults: [FaultRule], headerFaults: HeaderFaults, request: RequestFacts, header: (String) -> String?,
+        clientAddress: () -> [UInt8]?, random: inout FaultRandom
     ) -> Decision? {
-        if headerFaults.enabled, let decision = fromHeaders(headerFaults, request: request) {
+        var address: [UInt8]??
+        func lookedUpAddress() -> [UInt8]? {
+            if let address { return address }
+            let found = clientAddress()
+            address = .some(found)
+            return found
+        }
+        if headerFaults.enabled,
+            let decision = fromHeaders(headerFaults, header: header, clientAddress: lookedUpAddress)
+        {
             return decision
         }
-        for rule in faults where rule.enabled && rule.targets(clientAddress: request.clientAddress) {
-            guard rule.match.matches(method: request.method, path: request.path, header: request.header) else { continue }
+        for rule in faults where rule.enabled && (rule.clients.isEmpty || rule.targets(clientAddress: lookedUpAddress())) {
+            guard rule.match.matches(method: request.method, path: request.path, header: header) else { continue }
             if rule.probability < 1, !(random.unit() < rule.probability) { continue }
             guard let fault = fault(of: rule.action, random: &random) else { continue }
             return .rule(rule, fault)
@@ -96,12 +106,12 @@ public enum HTTPFaultPlanner {
         }
     }
 
-    static func fromHeaders(_ settings: HeaderFaults, request: RequestFacts) -> Decision? {
-        let delay = request.header(HeaderFaults.delayHeader)
-        let abort = request.header(HeaderFaults.abortHeader)
+    static func fromHeaders(_ settings: HeaderFaults, header: (String) -> String?, clientAddress: () -> [UInt8]?) -> Decision? {
+        let delay = header(HeaderFaults.delayHeader)
+        let abort = header(HeaderFaults.abortHeader)
         guard delay != nil || abort != nil else { return nil }
         if !settings.clients.isEmpty {
-            guard let address = request.clientAddress, settings.clients.contains(where: { $0.contains(address) })
+            guard let address = clientAddress(), settings.clients.contains(where: { $0.contains(address) })
             else { return nil }
         }
         if let abort {

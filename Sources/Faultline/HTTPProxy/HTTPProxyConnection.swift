@@ -37,6 +37,8 @@ final class HTTPExchange {
     var dropRequest = false
     /// What to answer once the request has been read in full.
     var pendingReply: (status: Int, headers: [HTTPAbort.HeaderField], body: String)?
+    /// The bytes of `pendingReply` as an HTTP/1.1 keep-alive answer, when the rule has them made.
+    var pendingReplyBytes: ByteBuffer?
 
     /// Response parts not yet written to the client: while a delay holds the response, while
     /// throttling paces it, or while the client is not writable.
@@ -242,7 +244,7 @@ final class HTTPProxyConnection: TrackedConnection {
             if exchange.dropRequest {
                 if let reply = exchange.pendingReply {
                     exchange.pendingReply = nil
-                    answer(exchange, status: reply.status, headers: reply.headers, body: reply.body)
+                    answer(exchange, status: reply.status, headers: reply.headers, body: reply.body, made: exchange.pendingReplyBytes)
                 }
                 return
             }
@@ -368,13 +370,10 @@ final class HTTPProxyConnection: TrackedConnection {
 
     private func decideFault(_ head: inout HTTPRequestHead, _ exchange: HTTPExchange) {
         let headers = head.headers
-        let facts = RequestFacts(
-            method: head.method.rawValue,
-            path: head.uri.prefix { $0 != "?" },
-            header: { headers.first(name: $0) },
-            clientAddress: clientChannel?.remoteAddress?.addressBytes)
         let decision = HTTPFaultPlanner.decide(
-            faults: faultConfiguration.faults, headerFaults: settings.headerFaults, request: facts,
+            faults: faultConfiguration.faults, headerFaults: settings.headerFaults,
+            request: RequestFacts(method: head.method.rawValue, path: head.uri.prefix { $0 != "?" }),
+            header: { headers.first(name: $0) }, clientAddress: { clientChannel?.remoteAddress?.addressBytes },
             random: &tracker.random)
         if settings.headerFaults.enabled {
             // The service under test never sees the fault headers.
@@ -394,6 +393,7 @@ final class HTTPProxyConnection: TrackedConnection {
         case .rule(let rule, let ruleFault):
             faultConfiguration.injections(rule).increment()
             fault = ruleFault
+            if case .abort = ruleFault { exchange.pendingReplyBytes = faultConfiguration.abortAnswer(rule) }
         }
         exchange.fault = fault
         switch fault {
@@ -918,19 +918,26 @@ final class HTTPProxyConnection: TrackedConnection {
 
     /// An answer made by Faultline (abort, 400 for a bad fault header, 501): keep-alive unless
     /// the request said otherwise.
-    private func answer(_ exchange: HTTPExchange, status: Int, headers: [HTTPAbort.HeaderField], body: String) {
+    private func answer(
+        _ exchange: HTTPExchange, status: Int, headers: [HTTPAbort.HeaderField], body: String, made: ByteBuffer? = nil
+    ) {
         exchange.status = status
         exchange.upstreamKeepAlive = true
         exchange.requestSent = true  // nothing went upstream, so the upstream connection stays usable
         exchange.responseHeadSent = true
-        // The client hears whether its connection stays: an HTTP/1.0 client only keeps it when told.
-        var fields = headers.map { (name: $0.name, value: $0.value) }
-        if !exchange.clientKeepAlive || (closeAfterResponse && pipelined.isEmpty) {
-            fields.append((name: "Connection", value: "close"))
-        } else if exchange.clientIsHTTP10 {
-            fields.append((name: "Connection", value: "keep-alive"))
+        let closing = !exchange.clientKeepAlive || (closeAfterResponse && pipelined.isEmpty)
+        if let made, !closing, !exchange.clientIsHTTP10, !exchange.isHead {
+            clientHandler?.write(made)
+        } else {
+            // The client hears whether its connection stays: an HTTP/1.0 client only keeps it when told.
+            var fields = headers.map { (name: $0.name, value: $0.value) }
+            if closing {
+                fields.append((name: "Connection", value: "close"))
+            } else if exchange.clientIsHTTP10 {
+                fields.append((name: "Connection", value: "keep-alive"))
+            }
+            clientHandler?.write(HTTPResponseBytes.answer(status: status, headers: fields, body: body, isHead: exchange.isHead))
         }
-        clientHandler?.write(HTTPResponseBytes.answer(status: status, headers: fields, body: body, isHead: exchange.isHead))
         responseComplete(exchange, last: nil)
     }
 

@@ -32,6 +32,9 @@ final class ListenerConfiguration: Sendable {
     /// CA bundle is read here, not per connection), and the name it asks for and checks.
     let upstreamTLS: (context: NIOSSLContext, serverName: String?)?
     private let headerInjectionCounters: [String: Counter]
+    /// The bytes of each abort rule's answer, made once: an abort that hits a share of the
+    /// requests must cost less than the upstream work it saves.
+    private let abortAnswers: [String: ByteBuffer]
 
     init(rule: ListenerRule, faults: [FaultRule], metrics: FaultlineMetrics, authorities: CertificateAuthorities) throws {
         tls = try rule.tls.map {
@@ -61,6 +64,14 @@ final class ListenerConfiguration: Sendable {
                 listener: rule.name, fault: fault.name, kind: fault.action.kind, source: fault.origin)
         }
         self.injectionCounters = counters
+        var answers: [String: ByteBuffer] = [:]
+        for fault in faults {
+            if case .abort(let abort) = fault.action {
+                answers[fault.name] = HTTPResponseBytes.answer(
+                    status: abort.status, headers: abort.headers.map { ($0.name, $0.value) }, body: abort.body, isHead: false)
+            }
+        }
+        abortAnswers = answers
         if rule.protocol == .http {
             http = metrics.http(rule.name)
             headerInjectionCounters = rule.http.headerFaults.enabled
@@ -95,10 +106,17 @@ final class ListenerConfiguration: Sendable {
         tls = other.tls
         upstreamTLS = other.upstreamTLS
         headerInjectionCounters = other.headerInjectionCounters
+        abortAnswers = [:]
     }
 
     func injections(_ fault: FaultRule) -> Counter {
         injectionCounters[fault.name]!
+    }
+
+    /// The answer of an abort rule to a request that keeps its HTTP/1.1 connection and is not
+    /// a HEAD (others get theirs made for them).
+    func abortAnswer(_ fault: FaultRule) -> ByteBuffer? {
+        abortAnswers[fault.name]
     }
 
     func headerInjections(kind: String) -> Counter? {
