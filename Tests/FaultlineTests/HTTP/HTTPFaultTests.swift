@@ -22,6 +22,23 @@ import Testing
             #expect(result.text.hasSuffix("\r\n\r\n" + #"{"error":"slow down"}"#))
             #expect(await daemon.injections("busy") == 1)
             #expect(await daemon.metric(#"faultline_http_requests_total{listener="test",code="4xx"}"#) == 1)
+            // The answer made once for the rule, twice on one kept connection.
+            let twice = try await Curl.run(["-v", "http://127.0.0.1:\(port)/a", "http://127.0.0.1:\(port)/b"])
+            #expect(twice.text == #"{"error":"slow down"}{"error":"slow down"}"#)
+            #expect(twice.log.contains("Re-using existing connection"))
+            // Made for the request: a HEAD gets no body, a client that closes hears so, and an
+            // HTTP/1.0 client hears that its connection stays.
+            let head = try await Curl.run(["-I", "http://127.0.0.1:\(port)/"])
+            #expect(head.text.hasPrefix("HTTP/1.1 429 Too Many Requests\r\n"))
+            #expect(head.text.contains("Content-Length: 21\r\n"))
+            #expect(head.text.hasSuffix("\r\n\r\n"))
+            let closing = await RawClient.exchange(
+                port: port, Array("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".utf8), timeout: .seconds(5))
+            #expect(closing.status == 429)
+            #expect(closing.body == #"{"error":"slow down"}"#)
+            let http10 = try await Curl.run(["-i", "--http1.0", "-H", "Connection: keep-alive", "http://127.0.0.1:\(port)/"])
+            #expect(http10.text.contains("Connection: keep-alive\r\n"))
+            #expect(await daemon.injections("busy") == 6)
         }
     }
 
