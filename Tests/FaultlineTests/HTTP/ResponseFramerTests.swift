@@ -131,6 +131,55 @@ import Testing
         }
     }
 
+    /// Streams made of valid pieces and broken ones (a seeded generator, 3,000 of them): fed
+    /// whole or in reads of random sizes, the framer says the same thing, or fails on both.
+    @Test func whereReadsEndDoesNotChangeTheOutcome() throws {
+        var random = SplitMix(seed: 0x5EED)
+        let pieces = [
+            "HTTP/1.1 200 OK\r\n", "HTTP/1.0 204 No Content\r\n", "HTTP/1.1 100 Continue\r\n\r\n", "HTTP/1.1 304 x\r\n",
+            "Content-Length: 3\r\n", "Content-Length: 0\r\n", "content-length: 3, 3\r\n", "Content-Length: 4\r\n",
+            "Transfer-Encoding: chunked\r\n", "Connection: close\r\n", "Connection: keep-alive, x\r\n", "X: y\r\n",
+            "\r\n", "\n", "abc", "3\r\nabc\r\n", "0\r\n\r\n", "0\r\nT: 1\r\n\r\n", "1;e=1\r\nz\r\n", "zz\r\n",
+            ":\r\n", "HTTP/1.1 999 Odd\r\n", " ", "\r",
+        ]
+        for _ in 0..<3_000 {
+            var text = ""
+            for _ in 0..<random.below(12) + 1 { text += pieces[random.below(pieces.count)] }
+            let whole = Result { try frame(text, maxHeadBytes: 64) }
+            var framer = HTTPResponseFramer(maxHeadBytes: 64)
+            var split = Framed()
+            let input = Array(text.utf8)
+            var offset = 0
+            let outcome = Result {
+                while offset < input.count {
+                    let end = min(input.count, offset + random.below(7) + 1)
+                    var buffer = ByteBuffer(bytes: input[offset..<end])
+                    offset = end
+                    while let part = try framer.next(&buffer) {
+                        switch part {
+                        case .head(let head, let bytes):
+                            split.events.append("head \(head.status)")
+                            split.bytes += bytes.readableBytesView
+                        case .body(let bytes), .framing(let bytes), .tunnel(let bytes): split.bytes += bytes.readableBytesView
+                        case .end(let last):
+                            split.events.append("end")
+                            if let last { split.bytes += last.readableBytesView }
+                        }
+                    }
+                }
+            }
+            switch (whole, outcome) {
+            case (.success(let framed), .success):
+                #expect(framed.bytes == split.bytes, "\(text.debugDescription)")
+                #expect(framed.events.filter { $0 == "end" }.count == split.events.filter { $0 == "end" }.count, "\(text.debugDescription)")
+            case (.failure, .failure):
+                break
+            default:
+                Issue.record("whole and split disagree on \(text.debugDescription)")
+            }
+        }
+    }
+
     @Test func connectionHeaderIsReplacedWithWhatItNames() {
         let head = ByteBuffer(
             string: "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\n"
@@ -140,4 +189,18 @@ import Testing
         let removed = HTTPResponseFramer.replacingConnection(in: head, with: nil)
         #expect(String(buffer: removed) == "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-End-To-End: 2\r\n\r\n")
     }
+}
+
+/// A small seeded generator: the same streams on every run.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
 }
