@@ -582,6 +582,24 @@ final class HTTPProxyConnection: TrackedConnection {
             return
         }
         switch part {
+        case .complete(let head, let bytes, let headLength):
+            let headBytes = finalResponseHead(head, bytes.getSlice(at: bytes.readerIndex, length: headLength)!, exchange)
+            let bodyLength = bytes.readableBytes - headLength
+            tracker.bytesDownstream &+= Int64(bodyLength)
+            exchange.responseEndReceived = true
+            if headBytes.readableBytes == headLength, exchange.responseQueue.isEmpty, !exchange.shapesResponse,
+                let client = clientHandler, client.isWritable
+            {
+                // The plain path: the response as it came, in one write.
+                exchange.responseHeadSent = true
+                exchange.bodySent += bodyLength
+                client.write(bytes)
+                responseComplete(exchange, last: nil)
+                return
+            }
+            sendToClient(.head(headBytes), exchange)
+            if bodyLength > 0 { sendToClient(.body(bytes.getSlice(at: bytes.readerIndex + headLength, length: bodyLength)!), exchange) }
+            sendToClient(.end(nil), exchange)
         case .head(let head, let bytes):
             if head.status < 200 {
                 // 100 Continue and other interim answers go straight through.
@@ -604,32 +622,7 @@ final class HTTPProxyConnection: TrackedConnection {
                 clientHandler?.flush()
                 return
             }
-            exchange.responseHeadReceived = true
-            exchange.responseDeadline = nil
-            exchange.status = head.status
-            exchange.upstreamKeepAlive = head.keepAlive
-            if case .delayResponse(let nanoseconds) = exchange.fault {
-                exchange.responseHeld = true
-                exchange.timer = eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(nanoseconds)) { [self] in
-                    exchange.timer = nil
-                    exchange.responseHeld = false
-                    pumpResponse()
-                }
-            }
-            // The upstream's Connection header is about the upstream connection; the client
-            // hears about its own: closed after this answer, or kept.
-            let wanted: String? =
-                !exchange.clientKeepAlive || !exchange.upstreamKeepAlive ? "close" : exchange.clientIsHTTP10 ? "keep-alive" : nil
-            // Most often there is nothing to change: no header, or the upstream's own
-            // "keep-alive" (nginx always sends it) is just as true of the client's connection.
-            let unchanged =
-                switch head.connection {
-                case .absent: wanted == nil
-                case .keepAlive: wanted == nil || wanted == "keep-alive"
-                case .close: wanted == "close"
-                case .other: false
-                }
-            sendToClient(.head(unchanged ? bytes : HTTPResponseFramer.replacingConnection(in: bytes, with: wanted)), exchange)
+            sendToClient(.head(finalResponseHead(head, bytes, exchange)), exchange)
         case .body(let buffer):
             tracker.bytesDownstream &+= Int64(buffer.readableBytes)
             sendToClient(.body(buffer), exchange)
@@ -642,6 +635,38 @@ final class HTTPProxyConnection: TrackedConnection {
             // Bytes after a 101 that was not passed on: the connection is out of step.
             closeUpstream()
         }
+    }
+
+    /// A final response's head has come: the exchange takes note, and the head the client gets
+    /// is returned (`bytes` itself, unless the client must hear something else about its
+    /// connection).
+    private func finalResponseHead(_ head: HTTPResponseFramer.Head, _ bytes: ByteBuffer, _ exchange: HTTPExchange) -> ByteBuffer {
+        exchange.responseHeadReceived = true
+        exchange.responseDeadline = nil
+        exchange.status = head.status
+        exchange.upstreamKeepAlive = head.keepAlive
+        if case .delayResponse(let nanoseconds) = exchange.fault {
+            exchange.responseHeld = true
+            exchange.timer = eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(nanoseconds)) { [self] in
+                exchange.timer = nil
+                exchange.responseHeld = false
+                pumpResponse()
+            }
+        }
+        // The upstream's Connection header is about the upstream connection; the client
+        // hears about its own: closed after this answer, or kept.
+        let wanted: String? =
+            !exchange.clientKeepAlive || !exchange.upstreamKeepAlive ? "close" : exchange.clientIsHTTP10 ? "keep-alive" : nil
+        // Most often there is nothing to change: no header, or the upstream's own
+        // "keep-alive" (nginx always sends it) is just as true of the client's connection.
+        let unchanged =
+            switch head.connection {
+            case .absent: wanted == nil
+            case .keepAlive: wanted == nil || wanted == "keep-alive"
+            case .close: wanted == "close"
+            case .other: false
+            }
+        return unchanged ? bytes : HTTPResponseFramer.replacingConnection(in: bytes, with: wanted)
     }
 
     private func sendToClient(_ part: HTTPResponseBytes, _ exchange: HTTPExchange) {

@@ -36,6 +36,9 @@ struct HTTPResponseFramer {
     }
 
     enum Part {
+        /// A whole final response with a fixed-length or no body, read in one piece: its head is
+        /// the first `headLength` bytes. Most small responses come so, and go on in one write.
+        case complete(Head, ByteBuffer, headLength: Int)
         /// A response head, interim (1xx) or final, with its bytes.
         case head(Head, ByteBuffer)
         /// Bytes of the body's content.
@@ -96,8 +99,25 @@ struct HTTPResponseFramer {
         }
         switch state {
         case .head:
+            let assembled = partial != nil
             guard let head = try takeBlock(&buffer) else { return nil }
             let parsed = try Self.parseHead(head, answersHeadRequest: answersHeadRequest)
+            if !assembled, parsed.head.status >= 200 {
+                // The head is a slice of `buffer`: when the body follows in full, one slice
+                // holds the whole response.
+                let bodyLength: Int? =
+                    switch parsed.next {
+                    case .head: 0
+                    case .fixedBody(let length) where length <= buffer.readableBytes: length
+                    default: nil
+                    }
+                if let bodyLength {
+                    buffer.moveReaderIndex(to: buffer.readerIndex - head.readableBytes)
+                    state = .head
+                    return .complete(
+                        parsed.head, buffer.readSlice(length: head.readableBytes + bodyLength)!, headLength: head.readableBytes)
+                }
+            }
             state = parsed.next
             // A final response without a body is complete with its head.
             if parsed.head.status >= 200, case .head = parsed.next { pendingEnd = true }

@@ -27,6 +27,12 @@ import Testing
             offset = end
             while let part = try framer.next(&buffer) {
                 switch part {
+                case .complete(let head, let bytes, let headLength):
+                    // The same as a head, its body and the end.
+                    framed.events.append("head \(head.status)\(head.keepAlive ? " keep-alive" : "")\(head.endsWithClose ? " until-close" : "") \(head.connection)")
+                    if bytes.readableBytes > headLength { framed.events.append("body \(bytes.readableBytes - headLength)") }
+                    framed.events.append("end")
+                    framed.bytes += bytes.readableBytesView
                 case .head(let head, let bytes):
                     framed.events.append("head \(head.status)\(head.keepAlive ? " keep-alive" : "")\(head.endsWithClose ? " until-close" : "") \(head.connection)")
                     framed.bytes += bytes.readableBytesView
@@ -157,6 +163,10 @@ import Testing
                     offset = end
                     while let part = try framer.next(&buffer) {
                         switch part {
+                        case .complete(let head, let bytes, _):
+                            split.events.append("head \(head.status)")
+                            split.events.append("end")
+                            split.bytes += bytes.readableBytesView
                         case .head(let head, let bytes):
                             split.events.append("head \(head.status)")
                             split.bytes += bytes.readableBytesView
