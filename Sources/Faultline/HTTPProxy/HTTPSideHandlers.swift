@@ -41,6 +41,10 @@ final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler
     private let connection: HTTPProxyConnection
     private(set) var context: ChannelHandlerContext?
     private var readHeld = false
+    /// The channel's writability as its events said: NIO reports every change, and at once for
+    /// the write that fills the channel's buffer. Asked on every forwarded part and read, so it
+    /// is kept here rather than fetched from the channel through the pipeline each time.
+    private(set) var isWritable = false
 
     init(connection: HTTPProxyConnection) {
         self.connection = connection
@@ -48,10 +52,12 @@ final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        isWritable = context.channel.isWritable
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        isWritable = false
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -72,7 +78,8 @@ final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { connection.clientBecameWritable() }
+        isWritable = context.channel.isWritable
+        if isWritable { connection.clientBecameWritable() }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -95,7 +102,6 @@ final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
     }
 
-    var isWritable: Bool { context?.channel.isWritable ?? false }
 
     func resumeReading() {
         guard readHeld, let context else { return }
@@ -145,6 +151,10 @@ final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandl
     private var pool: HTTPUpstreamPool?
     private(set) var context: ChannelHandlerContext?
     private var readHeld = false
+    /// The channel's writability as its events said: NIO reports every change, and at once for
+    /// the write that fills the channel's buffer. Asked on every forwarded part and read, so it
+    /// is kept here rather than fetched from the channel through the pipeline each time.
+    private(set) var isWritable = false
 
     private var framer: HTTPResponseFramer
     private var request = HTTPRequestBytes()
@@ -175,10 +185,12 @@ final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandl
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        isWritable = context.channel.isWritable
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        isWritable = false
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -213,7 +225,8 @@ final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandl
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { connection?.upstreamBecameWritable(generation) }
+        isWritable = context.channel.isWritable
+        if isWritable { connection?.upstreamBecameWritable(generation) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -232,7 +245,6 @@ final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandl
         }
     }
 
-    var isWritable: Bool { context?.channel.isWritable ?? false }
 
     func resumeReading() {
         guard readHeld, let context else { return }

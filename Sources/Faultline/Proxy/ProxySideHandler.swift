@@ -14,6 +14,10 @@ final class ProxySideHandler: ChannelDuplexHandler {
     private(set) var context: ChannelHandlerContext?
     /// A read was asked for while reading was not allowed; it is issued when allowed again.
     private var readHeld = false
+    /// The channel's writability as its events said: NIO reports every change, and at once for
+    /// the write that fills the channel's buffer. Asked on every forwarded part and read, so it
+    /// is kept here rather than fetched from the channel through the pipeline each time.
+    private(set) var isWritable = false
 
     init(side: ProxySide, connection: ProxyConnection) {
         self.side = side
@@ -22,10 +26,12 @@ final class ProxySideHandler: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        isWritable = context.channel.isWritable
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        isWritable = false
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -46,7 +52,8 @@ final class ProxySideHandler: ChannelDuplexHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        connection.writabilityChanged(side, isWritable: context.channel.isWritable)
+        isWritable = context.channel.isWritable
+        connection.writabilityChanged(side, isWritable: isWritable)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -71,7 +78,6 @@ final class ProxySideHandler: ChannelDuplexHandler {
 
     // MARK: Called by the connection
 
-    var isWritable: Bool { context?.channel.isWritable ?? false }
 
     func resumeReading() {
         guard readHeld, let context else { return }
