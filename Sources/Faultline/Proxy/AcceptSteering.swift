@@ -38,6 +38,8 @@ public final class AcceptSteering: NIOEventLoopMetricsDelegate, Sendable {
         var nextLoopSlot = 0
         /// Connections go to the group's first socket (false: the kernel's hash).
         var fillFirst = true
+        /// How often connections went from one loop to every loop (for tests and logs).
+        var spreads = 0
         /// The first socket of each listener: setting the program on one sets it for its group.
         var listeners: [ObjectIdentifier: Channel] = [:]
 
@@ -61,6 +63,9 @@ public final class AcceptSteering: NIOEventLoopMetricsDelegate, Sendable {
 
     /// Whether new connections fill one loop first now.
     public var fillsFirst: Bool { state.withLockedValue { $0.fillFirst } }
+
+    /// How often new connections have gone from one loop to every loop since the start.
+    var spreads: Int { state.withLockedValue { $0.spreads } }
 
     // MARK: Listeners
 
@@ -111,6 +116,7 @@ public final class AcceptSteering: NIOEventLoopMetricsDelegate, Sendable {
             let busy = state.loads.values.contains { now - $0.at < Self.staleAfter && $0.share > threshold }
             guard busy == state.fillFirst else { return nil }
             state.fillFirst = !busy
+            if busy { state.spreads += 1 }
             for channel in state.listeners.values { apply(fillFirst: state.fillsFirst(channel), to: channel) }
             return state.fillFirst
         }
