@@ -16,13 +16,7 @@ struct HTTPRequestBytes {
         buffer.writeStaticString(" ")
         buffer.writeString(head.uri)
         buffer.writeStaticString(head.version.minor == 0 && head.version.major == 1 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
-        for (name, value) in head.headers {
-            buffer.writeString(name)
-            buffer.writeStaticString(": ")
-            buffer.writeString(value)
-            buffer.writeStaticString("\r\n")
-        }
-        buffer.writeStaticString("\r\n")
+        Self.writeFields(head.headers, to: &buffer)
         return buffer
     }
 
@@ -40,14 +34,19 @@ struct HTTPRequestBytes {
         guard chunked else { return nil }
         var buffer = allocator.buffer(capacity: 16)
         buffer.writeStaticString("0\r\n")
-        for (name, value) in trailers ?? [:] {
+        Self.writeFields(trailers ?? [:], to: &buffer)
+        return buffer
+    }
+
+    /// Header or trailer fields, then the empty line that ends them.
+    private static func writeFields(_ fields: HTTPHeaders, to buffer: inout ByteBuffer) {
+        for (name, value) in fields {
             buffer.writeString(name)
             buffer.writeStaticString(": ")
             buffer.writeString(value)
             buffer.writeStaticString("\r\n")
         }
         buffer.writeStaticString("\r\n")
-        return buffer
     }
 
     /// Chunked when the last transfer coding is (RFC 9112, section 6.1); NIO's decoder has
