@@ -75,11 +75,16 @@ public enum HTTPFaultPlanner {
         {
             return decision
         }
-        for rule in faults where rule.enabled && (rule.clients.isEmpty || rule.targets(clientAddress: lookedUpAddress())) {
-            guard rule.match.matches(method: request.method, path: request.path, header: header) else { continue }
-            if rule.probability < 1, !(random.unit() < rule.probability) { continue }
-            guard let fault = fault(of: rule.action, random: &random) else { continue }
-            return .rule(rule, fault)
+        // By index: `for rule in faults` copies each rule (a retain of each of its strings and
+        // arrays) for every request; a rule is copied only when it is the one decided.
+        for index in faults.indices {
+            guard faults[index].enabled,
+                faults[index].clients.isEmpty || faults[index].targets(clientAddress: lookedUpAddress()),
+                faults[index].match.matches(method: request.method, path: request.path, header: header)
+            else { continue }
+            if faults[index].probability < 1, !(random.unit() < faults[index].probability) { continue }
+            guard let fault = fault(of: faults[index].action, random: &random) else { continue }
+            return .rule(faults[index], fault)
         }
         return nil
     }

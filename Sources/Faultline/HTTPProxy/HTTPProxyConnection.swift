@@ -372,7 +372,8 @@ final class HTTPProxyConnection: TrackedConnection {
         let headers = head.headers
         let decision = HTTPFaultPlanner.decide(
             faults: faultConfiguration.faults, headerFaults: settings.headerFaults,
-            request: RequestFacts(method: head.method.rawValue, path: head.uri.prefix { $0 != "?" }),
+            // The path ends at the query: found in UTF-8, not by walking Characters.
+            request: RequestFacts(method: head.method.rawValue, path: head.uri[..<(head.uri.utf8.firstIndex(of: UInt8(ascii: "?")) ?? head.uri.endIndex)]),
             header: { headers.first(name: $0) }, clientAddress: { clientChannel?.remoteAddress?.addressBytes },
             random: &tracker.random)
         if settings.headerFaults.enabled {
