@@ -7,7 +7,7 @@
 #
 # Prints requests/s for keep-alive and new-connection (Connection: close) requests on a
 # 128-byte response, MiB/s on 1 MiB responses, and each as a ratio to direct. With --http the
-# listener is `protocol: http`, and a third column is a second http listener whose abort rule
+# listener is `protocol: http`, and a third column is a second http listener of the same daemon whose abort rule
 # answers 10 % of requests itself (503, no upstream): its ratio to the plain http listener
 # shows what the abort costs against the upstream work it saves (above 1.0: it saves more). Installs wrk
 # and nginx-light with apt-get when they are missing (Debian). Compare ratios, not absolute
@@ -77,12 +77,12 @@ pids+=($!)
 abort_port=18582
 targets="direct:$upstream_port faultline:$proxy_port"
 if $http; then
-    "$faultlined" --listen 127.0.0.1:$proxy_port --upstream 127.0.0.1:$upstream_port --protocol http \
-        --no-metrics --no-control --log-level error &
-    pids+=($!)
+    # Both http listeners in one daemon: the abort's ratio compares two listeners of the same
+    # process and threads, not two daemons started one after the other.
     mkdir -p "$work/rules"
-    cat > "$work/rules/abort.yaml" <<RULES
+    cat > "$work/rules/bench.yaml" <<RULES
 listeners:
+  - {name: plain, protocol: http, listen: 127.0.0.1:$proxy_port, upstream: 127.0.0.1:$upstream_port}
   - {name: bench, protocol: http, listen: 127.0.0.1:$abort_port, upstream: 127.0.0.1:$upstream_port}
 faults:
   - {name: abort-10, listener: bench, probability: 10%, abort: {status: 503, body: "injected\\n"}}
