@@ -584,11 +584,11 @@ final class HTTPProxyConnection: TrackedConnection {
         }
         switch part {
         case .complete(let head, let bytes, let headLength):
-            let headBytes = finalResponseHead(head, bytes.getSlice(at: bytes.readerIndex, length: headLength)!, exchange)
+            let (headBytes, unchanged) = finalResponseHead(head, bytes.getSlice(at: bytes.readerIndex, length: headLength)!, exchange)
             let bodyLength = bytes.readableBytes - headLength
             tracker.bytesDownstream &+= Int64(bodyLength)
             exchange.responseEndReceived = true
-            if headBytes.readableBytes == headLength, exchange.responseQueue.isEmpty, !exchange.shapesResponse,
+            if unchanged, exchange.responseQueue.isEmpty, !exchange.shapesResponse,
                 let client = clientHandler, client.isWritable
             {
                 // The plain path: the response as it came, in one write.
@@ -623,7 +623,7 @@ final class HTTPProxyConnection: TrackedConnection {
                 clientHandler?.flush()
                 return
             }
-            sendToClient(.head(finalResponseHead(head, bytes, exchange)), exchange)
+            sendToClient(.head(finalResponseHead(head, bytes, exchange).bytes), exchange)
         case .body(let buffer):
             tracker.bytesDownstream &+= Int64(buffer.readableBytes)
             sendToClient(.body(buffer), exchange)
@@ -641,7 +641,9 @@ final class HTTPProxyConnection: TrackedConnection {
     /// A final response's head has come: the exchange takes note, and the head the client gets
     /// is returned (`bytes` itself, unless the client must hear something else about its
     /// connection).
-    private func finalResponseHead(_ head: HTTPResponseFramer.Head, _ bytes: ByteBuffer, _ exchange: HTTPExchange) -> ByteBuffer {
+    private func finalResponseHead(
+        _ head: HTTPResponseFramer.Head, _ bytes: ByteBuffer, _ exchange: HTTPExchange
+    ) -> (bytes: ByteBuffer, unchanged: Bool) {
         exchange.responseHeadReceived = true
         exchange.responseDeadline = nil
         exchange.status = head.status
@@ -667,7 +669,7 @@ final class HTTPProxyConnection: TrackedConnection {
             case .close: wanted == "close"
             case .other: false
             }
-        return unchanged ? bytes : HTTPResponseFramer.replacingConnection(in: bytes, with: wanted)
+        return (unchanged ? bytes : HTTPResponseFramer.replacingConnection(in: bytes, with: wanted), unchanged)
     }
 
     private func sendToClient(_ part: HTTPResponseBytes, _ exchange: HTTPExchange) {
