@@ -10,7 +10,25 @@ build="${1:-.build/debug}"
 faultlined="$(cd "$build" && pwd)/faultlined"
 faultctl="$(cd "$build" && pwd)/faultctl"
 work="$(mktemp -d /tmp/faultline-chaos-XXXXXX)"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free port below the kernel's ephemeral range: one from inside it, released and bound again
+# by the daemon, can meanwhile become the source port of another test's connection.
+free_port() {
+    python3 -c '
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(500):
+    port = random.randrange(10000, low)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        print(port)
+        break
+    except OSError:
+        pass
+    finally:
+        s.close()
+'
+}
 listen=$(free_port); demo=$(free_port)
 mkdir -p "$work/rules"
 cat > "$work/rules/chaos.yaml" <<YAML
@@ -21,10 +39,17 @@ YAML
     --log-level warning > "$work/daemon.log" 2>&1 &
 daemon=$!
 trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 100); do
-    curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$listen/" && break
+# A debug build on a machine busy with the other tests can take a while to start.
+up=false
+for _ in $(seq 300); do
+    if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$listen/"; then up=true; break; fi
     sleep 0.1
 done
+if ! $up; then
+    echo "faultlined did not answer on 127.0.0.1:$listen within 30 s; its log:" >&2
+    cat "$work/daemon.log" >&2
+    exit 1
+fi
 
 export FAULTLINE_PROXY_URL="http://127.0.0.1:$listen/" FAULTLINE_SOCKET="$work/control.sock"
 export PATH="$(dirname "$faultctl"):$PATH"

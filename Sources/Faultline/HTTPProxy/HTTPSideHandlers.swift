@@ -135,11 +135,10 @@ final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler
 
 /// The upstream pipeline's HTTP handler (after TLS, if the upstream speaks it): request parts
 /// out, written as bytes by `HTTPRequestBytes`, and the upstream's bytes in, cut into responses
-/// by an `HTTPResponseFramer`. `generation` tells a
-/// current upstream connection from one the connection has already given up. Between two
-/// clients the connection may wait in the loop's `HTTPUpstreamPool`, parked: it belongs to no
-/// client then, and anything it does (close, send bytes nobody asked for, fail) takes it out of
-/// the pool.
+/// by an `HTTPResponseFramer`. `generation` tells a current upstream connection from one the
+/// connection has already given up. Between two clients the connection may wait in the loop's
+/// `HTTPUpstreamPool`, parked: it belongs to no client then, and anything it does (close, send
+/// bytes nobody asked for, fail) takes it out of the pool.
 final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
