@@ -156,6 +156,8 @@ final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandl
     private(set) var isWritable = false
 
     private var framer: HTTPResponseFramer
+    /// The line end after each chunk of a chunked request body: one shared buffer, not one per chunk.
+    private static let chunkEnd = ByteBuffer(string: "\r\n")
     private var request = HTTPRequestBytes()
 
     init(connection: HTTPProxyConnection, generation: Int, maxHeadBytes: Int) {
@@ -262,7 +264,7 @@ final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandl
             if let header = request.chunkHeader(length: data.readableBytes, allocator: context.channel.allocator) {
                 context.write(wrapOutboundOut(header), promise: nil)
                 context.write(NIOAny(data), promise: nil)
-                context.write(wrapOutboundOut(ByteBuffer(string: "\r\n")), promise: nil)
+                context.write(wrapOutboundOut(Self.chunkEnd), promise: nil)
             } else {
                 context.write(NIOAny(data), promise: nil)
             }

@@ -128,14 +128,15 @@ import Glibc
     /// Bytes held back by a latency rule that is then removed still go first: the next bytes
     /// take the plain path only once the queue is empty.
     @Test func removedRuleKeepsTheOrderOfHeldBytes() async throws {
-        // Long enough that the echo is surely still held when the queue is looked at.
-        let held = FaultRule.on("held", .latency(LatencyFault(delay: .seconds(3))), direction: .downstream)
+        // Long enough that the echo is surely still held when the queue is looked at, also when
+        // the whole suite runs under AddressSanitizer on two cores (3 s was missed there once).
+        let held = FaultRule.on("held", .latency(LatencyFault(delay: .seconds(8))), direction: .downstream)
         try await withFaultProxy(faults: [held]) { daemon, port, group in
             let client = try await LineClient.connect(port: port, group: group)
             let listener = daemon.proxy.listener(named: "test")!
             _ = Array("first\n".utf8).withUnsafeBufferPointer { send(client.fd, $0.baseAddress, $0.count, 0) }
             // Wait (bounded) until the echo of "first" sits in the latency queue.
-            let deadline = ContinuousClock.now + .seconds(5)
+            let deadline = ContinuousClock.now + .seconds(8)
             while await listener.bufferedBytes() == 0, ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(5))
             }
