@@ -6,10 +6,12 @@
 #   Tests/Benchmarks/proxy-bench.sh [--duration SECONDS] [--conns N] [--rounds N] [--http]
 #
 # Prints requests/s for keep-alive and new-connection (Connection: close) requests on a
-# 128-byte response, MiB/s on 1 MiB responses, and each as a ratio to direct. With --http the
+# 128-byte response, MiB/s on 1 MiB responses, and each as a ratio to direct, and the daemon's
+# CPU time (user + system, from /proc) per keep-alive and per new-connection request. With --http the
 # listener is `protocol: http`, and a third column is a second http listener of the same daemon whose abort rule
 # answers 10 % of requests itself (503, no upstream): its ratio to the plain http listener
-# shows what the abort costs against the upstream work it saves (above 1.0: it saves more). Installs wrk
+# shows what the abort costs against the upstream work it saves (above 1.0: it saves more; in
+# the CPU rows, below 1.0: the daemon spends less per request with the abort rule). Installs wrk
 # and nginx-light with apt-get when they are missing (Debian). Compare ratios, not absolute
 # numbers: the load generator, nginx and the proxy share the machine's cores.
 set -euo pipefail
@@ -89,10 +91,12 @@ faults:
 RULES
     "$faultlined" --rules "$work/rules" --no-metrics --no-control --log-level error &
     pids+=($!)
+    daemon=$!
     targets="$targets abort10:$abort_port"
 else
     "$faultlined" --listen 127.0.0.1:$proxy_port --upstream 127.0.0.1:$upstream_port --no-metrics --no-control --log-level error &
     pids+=($!)
+    daemon=$!
 fi
 
 wait_for_port() {
@@ -116,12 +120,25 @@ fi
 # Byte-exact check before measuring.
 cmp <(curl -s "http://127.0.0.1:$proxy_port/1m") "$work/www/1m"
 
-# wrk's summary line: "Requests/sec: N" and "Transfer/sec: N{KB,MB,GB}".
+# The daemon's user and system CPU time in clock ticks (fields 14 and 15 of its stat line).
+ticks_per_second=$(getconf CLK_TCK)
+daemon_ticks() { awk '{print $14 + $15}' "/proc/$daemon/stat"; }
+
+# wrk's summary line: "Requests/sec: N" and "Transfer/sec: N{KB,MB,GB}"; after it, a line of
+# ours: "cpu-us-per-request: N" (the daemon's CPU time over the requests of this run; 0 for
+# direct, which does not go through it).
 measure() { # port path extra-args...
     local port="$1" path="$2"; shift 2
-    wrk -t2 -c"$conns" -d"${duration}s" "$@" "http://127.0.0.1:$port$path" 2>/dev/null
+    local before after output
+    before=$(daemon_ticks)
+    output=$(wrk -t2 -c"$conns" -d"${duration}s" "$@" "http://127.0.0.1:$port$path" 2>/dev/null)
+    after=$(daemon_ticks)
+    echo "$output"
+    echo "$output" | awk -v ticks=$((after - before)) -v hz="$ticks_per_second" -v port="$port" -v direct="$upstream_port" \
+        '/requests in/ {n = $1} END {print "cpu-us-per-request:", (port == direct || n == 0) ? 0 : ticks * 1e6 / hz / n}'
 }
 requests_per_second() { awk '/Requests\/sec/ {print $2}'; }
+cpu_per_request() { awk '/cpu-us-per-request/ {print $2}'; }
 mib_per_second() {
     awk '/Transfer\/sec/ { v=$2; u=substr(v, length(v)-1); n=substr(v, 1, length(v)-2);
         if (u=="GB") n*=1024; else if (u=="KB") n/=1024; print n }'
@@ -131,8 +148,12 @@ declare -A results
 for round in $(seq 1 "$rounds"); do
     for target in $targets; do
         name="${target%%:*}"; port="${target##*:}"
-        results[$name-ka-$round]=$(measure "$port" /small | requests_per_second)
-        results[$name-close-$round]=$(measure "$port" /small -H 'Connection: close' | requests_per_second)
+        output=$(measure "$port" /small)
+        results[$name-ka-$round]=$(requests_per_second <<< "$output")
+        results[$name-kacpu-$round]=$(cpu_per_request <<< "$output")
+        output=$(measure "$port" /small -H 'Connection: close')
+        results[$name-close-$round]=$(requests_per_second <<< "$output")
+        results[$name-closecpu-$round]=$(cpu_per_request <<< "$output")
         results[$name-bulk-$round]=$(wrk -t2 -c8 -d"${duration}s" "http://127.0.0.1:$port/1m" 2>/dev/null | mib_per_second)
     done
 done
@@ -144,18 +165,28 @@ if $http; then
 else
     printf '%-32s %14s %14s %8s\n' "test (median of $rounds)" direct faultline ratio
 fi
-for test in ka close bulk; do
+for test in ka kacpu close closecpu bulk; do
     d=(); f=(); a=()
     for round in $(seq 1 "$rounds"); do
-        d+=("${results[direct-$test-$round]}"); f+=("${results[faultline-$test-$round]}")
+        d+=("${results[direct-$test-$round]:-0}"); f+=("${results[faultline-$test-$round]}")
         $http && a+=("${results[abort10-$test-$round]}")
     done
     dm=$(median "${d[@]}"); fm=$(median "${f[@]}")
-    label=$([ $test = ka ] && echo "keep-alive req/s" || ([ $test = close ] && echo "new connection req/s" || echo "1 MiB responses MiB/s"))
+    case $test in
+        ka) label="keep-alive req/s" ;;
+        kacpu) label="  faultlined cpu us/request" ;;
+        close) label="new connection req/s" ;;
+        closecpu) label="  faultlined cpu us/request" ;;
+        bulk) label="1 MiB responses MiB/s" ;;
+    esac
+    # CPU rows: direct does not go through the daemon; below 1.0 in the abort column, the
+    # listener with the abort rule spends less of the daemon's CPU per request.
+    [[ $test == *cpu ]] && direct_column="-" || direct_column=$(printf '%.1f' "$dm")
+    [[ $test == *cpu ]] && direct_ratio="-" || direct_ratio=$(ratio "$fm" "$dm")
     if $http; then
         am=$(median "${a[@]}")
-        printf '%-28s %10.1f %10.1f %10.1f %14s %14s\n' "$label" "$dm" "$fm" "$am" "$(ratio "$fm" "$dm")" "$(ratio "$am" "$fm")"
+        printf '%-28s %10s %10.1f %10.1f %14s %14s\n' "$label" "$direct_column" "$fm" "$am" "$direct_ratio" "$(ratio "$am" "$fm")"
     else
-        printf '%-32s %14.1f %14.1f %8.2f\n' "$label" "$dm" "$fm" "$(ratio "$fm" "$dm")"
+        printf '%-32s %14s %14.1f %8s\n' "$label" "$direct_column" "$fm" "$direct_ratio"
     fi
 done
