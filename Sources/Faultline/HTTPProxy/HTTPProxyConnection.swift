@@ -102,7 +102,6 @@ final class HTTPProxyConnection: TrackedConnection {
 
     private var clientChannel: Channel?
     private var clientHandler: HTTPClientSideHandler?
-    private var headWatch: HTTPHeadWatch?
     private var clientActive = false
 
     private var upstreamChannel: Channel?
@@ -153,19 +152,11 @@ final class HTTPProxyConnection: TrackedConnection {
 
     /// Builds the client pipeline; called from the accepted channel's initializer.
     func attachClient(to channel: Channel) throws {
-        let watch = HTTPHeadWatch(connection: self)
-        headWatch = watch
-        try channel.pipeline.syncOperations.addHandler(watch)
-        var limits = NIOHTTPDecoderLimitConfiguration()
-        limits.maxHeaderListSize = settings.maxHeadBytes
-        limits.maxHeaderFieldSize = settings.maxHeadBytes
-        // NIO's request decoder alone: requests are kept in order here (`pipelined`), not by
-        // NIO's pipelining handler, which stops and restarts reads around every request (two
-        // epoll_ctl calls each); and responses go out as bytes (`HTTPResponseBytes`), with no
-        // encoder. Bytes a client sends after an `Upgrade` request go to the tunnel.
-        try channel.pipeline.syncOperations.addHandler(
-            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: limits)))
-        let handler = HTTPClientSideHandler(connection: self)
+        // One handler: requests are cut from the bytes by its framer and kept in order here
+        // (`pipelined`), not by NIO's pipelining handler, which stops and restarts reads around
+        // every request (two epoll_ctl calls each); responses go out as bytes
+        // (`HTTPResponseBytes`), with no encoder.
+        let handler = HTTPClientSideHandler(connection: self, maxHeadBytes: settings.maxHeadBytes)
         clientHandler = handler
         try channel.pipeline.syncOperations.addHandler(handler)
     }
@@ -273,20 +264,21 @@ final class HTTPProxyConnection: TrackedConnection {
         }
     }
 
-    func clientError(_ error: any Error) {
-        if let parserError = error as? HTTPParserError {
-            guard exchange?.responseHeadSent != true else {
-                closeAll()
-                return
-            }
-            switch parserError {
-            case .headerOverflow:
-                reject(431, "Request Header Fields Too Large", "request head larger than \(settings.maxHeadBytes) bytes")
-            default:
-                reject(400, "Bad Request", "malformed request (\(parserError))")
-            }
+    /// The client sent something that is not HTTP/1.1 (or a head over the limit): answered
+    /// unless an answer has begun, and the connection closes either way.
+    func requestMalformed(_ error: HTTPRequestFramer.MalformedRequest) {
+        guard exchange?.responseHeadSent != true else {
+            closeAll()
             return
         }
+        if error.tooLarge {
+            reject(431, "Request Header Fields Too Large", "request head larger than \(settings.maxHeadBytes) bytes")
+        } else {
+            reject(400, "Bad Request", "malformed request (\(error))")
+        }
+    }
+
+    func clientError(_ error: any Error) {
         if !(error is ChannelError) {
             logger.debug("client connection error", metadata: ["conn.id": "\(id)", "error": "\(error)"])
         }
@@ -793,6 +785,11 @@ final class HTTPProxyConnection: TrackedConnection {
         if close {
             pipelined.removeAll()
         } else {
+            if exchange.upgradeRequested, !exchange.upgrading {
+                // The upstream did not switch protocols: the client's bytes are HTTP again.
+                clientHandler?.resumeAfterRefusedUpgrade()
+                upstreamHandler?.flush()
+            }
             takeUpPipelined()
         }
     }
@@ -833,10 +830,8 @@ final class HTTPProxyConnection: TrackedConnection {
             // The tunnel's handlers go in first, so that bytes the HTTP decoders still hold
             // (a frame the service sent right after its 101) are forwarded, not lost.
             try tunnel.adoptTunnel(client: client, upstream: upstream)
-            let clientPipeline = client.pipeline.syncOperations
-            if let handler = clientHandler { _ = clientPipeline.removeHandler(handler) }
-            _ = clientPipeline.removeHandler(try clientPipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self))
-            if let headWatch { _ = clientPipeline.removeHandler(headWatch) }
+            // The client handler passes on what the client sent behind its upgrade request as it goes.
+            if let handler = clientHandler { _ = client.pipeline.syncOperations.removeHandler(handler) }
             // The upstream's bytes after its 101 have been passed on already (`responsePart`).
             let upstreamPipeline = upstream.pipeline.syncOperations
             if let handler = upstreamHandler { _ = upstreamPipeline.removeHandler(handler) }
@@ -851,7 +846,6 @@ final class HTTPProxyConnection: TrackedConnection {
         tracker.remove(self)
         generation += 1
         clientHandler = nil
-        headWatch = nil
         upstreamHandler = nil
         clientChannel = nil
         upstreamChannel = nil
@@ -995,7 +989,7 @@ final class HTTPProxyConnection: TrackedConnection {
         guard !rejected else { return }
         rejected = true
         tracker.requestsByClass[3] &+= 1
-        guard let context = headWatch?.context else {
+        guard let context = clientHandler?.context else {
             closeAll()
             return
         }
@@ -1063,7 +1057,6 @@ final class HTTPProxyConnection: TrackedConnection {
         listener.metrics.duration.recordNanoseconds((NIODeadline.now() - acceptedAt).nanoseconds)
         // Break the handler <-> connection cycles.
         clientHandler = nil
-        headWatch = nil
         clientChannel = nil
     }
 }

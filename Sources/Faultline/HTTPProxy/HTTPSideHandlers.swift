@@ -1,53 +1,32 @@
 import NIOCore
 import NIOHTTP1
 
-/// First in the client pipeline, before the HTTP decoder: it tells the connection that bytes
-/// arrived (the head timeout starts with a request's first byte), and Faultline's own error
-/// replies (400, 408, 431) are written from its context, so that they go out even while the
-/// handlers after it are being torn down by the decoder's error.
-final class HTTPHeadWatch: ChannelInboundHandler, RemovableChannelHandler {
+/// The client pipeline's one handler: the client's bytes in, cut into request parts by an
+/// `HTTPRequestFramer` and handed to the connection; response bytes out (the upstream's as they
+/// came, or Faultline's own answers, see `HTTPResponseBytes`); and the read gate for
+/// back-pressure, as in the TCP proxy.
+final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
-
-    private let connection: HTTPProxyConnection
-    private(set) var context: ChannelHandlerContext?
-
-    init(connection: HTTPProxyConnection) {
-        self.connection = connection
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        self.context = nil
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        connection.clientBytesArrived()
-        context.fireChannelRead(data)
-    }
-}
-
-/// Last in the client pipeline (after NIO's HTTP request decoder): request parts in, response
-/// bytes out (the upstream's as they came, or Faultline's own answers, see `HTTPResponseBytes`),
-/// and the read gate for back-pressure, as in the TCP proxy.
-final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private let connection: HTTPProxyConnection
     private(set) var context: ChannelHandlerContext?
+    private var framer: HTTPRequestFramer
+    /// Bytes read behind a request that asked for `Upgrade`: the tunnel's if the upstream
+    /// switches protocols (passed on when this handler is removed), HTTP again if not.
+    private var heldForUpgrade: ByteBuffer?
     private var readHeld = false
+    private var inactive = false
     /// The channel's writability as its events said: NIO reports every change, and at once for
     /// the write that fills the channel's buffer. Asked on every forwarded part and read, so it
     /// is kept here rather than fetched from the channel through the pipeline each time.
     private(set) var isWritable = false
 
-    init(connection: HTTPProxyConnection) {
+    init(connection: HTTPProxyConnection, maxHeadBytes: Int) {
         self.connection = connection
+        self.framer = HTTPRequestFramer(maxHeadBytes: maxHeadBytes)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -58,6 +37,11 @@ final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
         isWritable = false
+        // Handed over to a tunnel: what the client sent behind its upgrade request is its.
+        if let held = heldForUpgrade {
+            heldForUpgrade = nil
+            context.fireChannelRead(wrapInboundOut(held))
+        }
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -66,11 +50,43 @@ final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        inactive = true
         connection.clientBecameInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        connection.requestPart(unwrapInboundIn(data))
+        var buffer = unwrapInboundIn(data)
+        connection.clientBytesArrived()
+        if var held = heldForUpgrade {
+            heldForUpgrade = nil
+            held.writeBuffer(&buffer)
+            buffer = held
+        }
+        frame(&buffer)
+    }
+
+    /// Hands the requests in `buffer` to the connection, part by part.
+    private func frame(_ buffer: inout ByteBuffer) {
+        do {
+            while !inactive, let part = try framer.next(&buffer) {
+                connection.requestPart(part)
+            }
+        } catch {
+            connection.requestMalformed(error)
+            return
+        }
+        if framer.isWaitingForUpgrade, buffer.readableBytes > 0 { heldForUpgrade = buffer }
+    }
+
+    /// The upstream answered an `Upgrade` request without switching: the client's next
+    /// request, if it already sent one, is read now.
+    func resumeAfterRefusedUpgrade() {
+        guard framer.isWaitingForUpgrade else { return }
+        framer.resumeAfterRefusedUpgrade()
+        if var held = heldForUpgrade {
+            heldForUpgrade = nil
+            frame(&held)
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -84,7 +100,12 @@ final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
-            connection.clientInputClosed()
+            if framer.isBetweenRequests {
+                connection.clientInputClosed()
+            } else {
+                // The rest of the request will never come.
+                connection.requestMalformed(.init(description: "the client closed its side in the middle of a request"))
+            }
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -95,13 +116,13 @@ final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     func read(context: ChannelHandlerContext) {
-        if connection.mayReadClient() {
+        // Waiting to hear whether the upstream switches protocols: one read's bytes at most are held.
+        if connection.mayReadClient(), !framer.isWaitingForUpgrade {
             context.read()
         } else {
             readHeld = true
         }
     }
-
 
     func resumeReading() {
         guard readHeld, let context else { return }
