@@ -17,6 +17,8 @@ final class HTTPExchange {
     /// The head as sent upstream, kept to send it again if a reused upstream connection
     /// turns out to have been closed by the server (see `HTTPProxyConnection.retryStale`).
     var head: HTTPRequestHead?
+    /// The head's bytes as the client sent them, when they go upstream so (nothing taken out).
+    var headBytes: ByteBuffer?
     /// The request went on an upstream connection taken from the pool.
     var onReusedUpstream = false
     var retriedStale = false
@@ -119,7 +121,7 @@ final class HTTPProxyConnection: TrackedConnection {
     /// Parts of requests a client sent before the answer to the one in flight (pipelining):
     /// kept in order, with reads stopped, and taken up once that answer is complete. At most
     /// what the decoder had already read, since reads stay stopped while it is not empty.
-    private var pipelined = CircularBuffer<HTTPServerRequestPart>()
+    private var pipelined = CircularBuffer<HTTPRequestFramer.Part>()
     private var replayingPipelined = false
     /// When the head of the request being read must be complete (408 past it); nil between
     /// requests and once a head is in.
@@ -213,7 +215,7 @@ final class HTTPProxyConnection: TrackedConnection {
         armDeadlineTimer()
     }
 
-    func requestPart(_ part: HTTPServerRequestPart) {
+    func requestPart(_ part: HTTPRequestFramer.Part) {
         if !pipelined.isEmpty || exchange?.requestEnded == true {
             pipelined.append(part)
             return
@@ -221,10 +223,10 @@ final class HTTPProxyConnection: TrackedConnection {
         handleRequestPart(part)
     }
 
-    private func handleRequestPart(_ part: HTTPServerRequestPart) {
+    private func handleRequestPart(_ part: HTTPRequestFramer.Part) {
         switch part {
-        case .head(let head):
-            startExchange(head)
+        case .head(let head, let bytes):
+            startExchange(head, bytes)
         case .body(let buffer):
             tracker.bytesUpstream &+= Int64(buffer.readableBytes)
             guard let exchange, !exchange.dropRequest else { return }
@@ -313,7 +315,7 @@ final class HTTPProxyConnection: TrackedConnection {
 
     // MARK: Requests
 
-    private func startExchange(_ head: HTTPRequestHead) {
+    private func startExchange(_ head: HTTPRequestHead, _ bytes: ByteBuffer) {
         headDeadline = nil
         guard exchange == nil else {
             // Requests are taken one at a time (`pipelined` holds the rest); anything else is
@@ -331,16 +333,20 @@ final class HTTPProxyConnection: TrackedConnection {
         exchange.upgradeRequested = head.headers.contains(name: "upgrade")
         exchange.clientIsHTTP10 = head.version == .http1_0
         var head = head
+        // The head goes upstream as the client sent it unless a header is taken out.
+        var unchanged = true
         if !faultConfiguration.faults.isEmpty || settings.headerFaults.enabled {
-            decideFault(&head, exchange)
+            unchanged = decideFault(&head, exchange)
             if exchange.dropRequest || !clientActive { return }
         }
         if exchange.upgradeRequested {
             upstreamUpgradeSent = true
         } else if head.version == .http1_1, head.headers.contains(name: "connection") {
             Self.removeHopByHopHeaders(&head.headers)
+            unchanged = false
         }
         exchange.head = head
+        exchange.headBytes = unchanged ? bytes : nil
         ensureUpstream()
         sendUpstream(.head(head), exchange)
     }
@@ -360,7 +366,8 @@ final class HTTPProxyConnection: TrackedConnection {
         headers.remove(name: "proxy-connection")
     }
 
-    private func decideFault(_ head: inout HTTPRequestHead, _ exchange: HTTPExchange) {
+    /// Decides the request's fault; false when it took a fault header out of the head.
+    private func decideFault(_ head: inout HTTPRequestHead, _ exchange: HTTPExchange) -> Bool {
         let headers = head.headers
         let decision = HTTPFaultPlanner.decide(
             faults: faultConfiguration.faults, headerFaults: settings.headerFaults,
@@ -368,18 +375,22 @@ final class HTTPProxyConnection: TrackedConnection {
             request: RequestFacts(method: head.method.rawValue, path: head.uri[..<(head.uri.utf8.firstIndex(of: UInt8(ascii: "?")) ?? head.uri.endIndex)]),
             header: { headers.first(name: $0) }, clientAddress: { clientChannel?.remoteAddress?.addressBytes },
             random: &tracker.random)
-        if settings.headerFaults.enabled {
+        var unchanged = true
+        if settings.headerFaults.enabled,
+            headers.contains(name: HeaderFaults.delayHeader) || headers.contains(name: HeaderFaults.abortHeader)
+        {
             // The service under test never sees the fault headers.
             head.headers.remove(name: HeaderFaults.delayHeader)
             head.headers.remove(name: HeaderFaults.abortHeader)
+            unchanged = false
         }
         let fault: RequestFault
         switch decision {
         case .none:
-            return
+            return unchanged
         case .badHeader(let reason):
             reply(exchange, 400, "faultline: \(reason)\n")
-            return
+            return unchanged
         case .header(let headerFault):
             faultConfiguration.headerInjections(kind: headerFault.kind)?.increment()
             fault = headerFault
@@ -415,6 +426,7 @@ final class HTTPProxyConnection: TrackedConnection {
         case .delayResponse, .truncate, .reset, .throttle:
             break  // acts on the response
         }
+        return unchanged
     }
 
     /// Faultline answers the request itself, once the request has been read in full.
@@ -429,7 +441,7 @@ final class HTTPProxyConnection: TrackedConnection {
         if exchange.requestQueue.isEmpty, !exchange.requestHeld, upstreamReady, let upstream = upstreamHandler,
             upstream.isWritable
         {
-            upstream.write(part)
+            upstream.write(part, headBytes: exchange.headBytes)
             switch part {
             case .end: requestSent(exchange)
             case .body: exchange.bodyPartsSent += 1
@@ -446,7 +458,7 @@ final class HTTPProxyConnection: TrackedConnection {
         var wrote = false
         while let part = exchange.requestQueue.first, upstream.isWritable {
             exchange.requestQueue.removeFirst()
-            upstream.write(part)
+            upstream.write(part, headBytes: exchange.headBytes)
             wrote = true
             switch part {
             case .head: exchange.headSent = true

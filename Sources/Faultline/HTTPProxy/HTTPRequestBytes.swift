@@ -1,16 +1,18 @@
 import NIOCore
 import NIOHTTP1
 
-/// A request as it goes upstream: the head NIO's decoder parsed (less the headers Faultline
-/// removes) and its body in the framing the client chose. Written straight into one buffer per
-/// head, rather than through NIO's request encoder and its extra pipeline step per part.
+/// A request as it goes upstream: its head as the client sent it, or as parsed less the headers
+/// Faultline removes, and its body in the framing the client chose. Written straight into one
+/// buffer per head, rather than through NIO's request encoder and its extra pipeline step per part.
 struct HTTPRequestBytes {
     /// The body goes in chunks: the client sent it so (the decoder hands out the content).
     private(set) var chunked = false
 
-    /// The head's bytes; remembers whether the body that follows is chunked.
-    mutating func head(_ head: HTTPRequestHead, allocator: ByteBufferAllocator) -> ByteBuffer {
+    /// The head's bytes (`bytes` when given: the head as the client sent it); remembers
+    /// whether the body that follows is chunked.
+    mutating func head(_ head: HTTPRequestHead, as bytes: ByteBuffer?, allocator: ByteBufferAllocator) -> ByteBuffer {
         chunked = Self.isChunked(head)
+        if let bytes { return bytes }
         var buffer = allocator.buffer(capacity: 256)
         buffer.writeString(head.method.rawValue)
         buffer.writeStaticString(" ")
@@ -49,7 +51,7 @@ struct HTTPRequestBytes {
         buffer.writeStaticString("\r\n")
     }
 
-    /// Chunked when the last transfer coding is (RFC 9112, section 6.1); NIO's decoder has
+    /// Chunked when the last transfer coding is (RFC 9112, section 6.1); the request framer has
     /// already refused a request that says both `Transfer-Encoding` and `Content-Length`.
     private static func isChunked(_ head: HTTPRequestHead) -> Bool {
         guard head.version.major == 1, head.version.minor >= 1, head.headers.contains(name: "transfer-encoding") else {

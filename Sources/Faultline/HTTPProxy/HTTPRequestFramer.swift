@@ -17,7 +17,15 @@ import NIOHTTP1
 /// After a request that asks for `Upgrade` it stops: the bytes behind it are the tunnel's if
 /// the upstream switches protocols (`resumeAfterRefusedUpgrade` when it does not).
 struct HTTPRequestFramer {
-    typealias Part = HTTPServerRequestPart
+    enum Part {
+        /// A request head, parsed, and its bytes as the client sent them (written upstream as
+        /// they are when Faultline changes nothing in the head).
+        case head(HTTPRequestHead, ByteBuffer)
+        /// Bytes of the body's content (chunk framing taken off).
+        case body(ByteBuffer)
+        /// The request is complete; with the trailers of a chunked body, if it had any.
+        case end(HTTPHeaders?)
+    }
 
     struct MalformedRequest: Error, CustomStringConvertible {
         let description: String
@@ -96,7 +104,7 @@ struct HTTPRequestFramer {
                 case .head: pendingEnd = true
                 default: state = next
                 }
-                return .head(head)
+                return .head(head, block)
             }
 
         case .fixedBody(let remaining):

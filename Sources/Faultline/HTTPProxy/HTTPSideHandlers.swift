@@ -274,13 +274,15 @@ final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandl
         context.read()
     }
 
-    func write(_ part: HTTPClientRequestPart) {
+    /// Writes a request part; a head as `headBytes` when given (the client's own bytes).
+    func write(_ part: HTTPClientRequestPart, headBytes: ByteBuffer? = nil) {
         guard let context else { return }
         switch part {
         case .head(let head):
             // The answer to a HEAD has no body, whatever its head says.
             framer.answersHeadRequest = head.method == .HEAD
-            context.write(wrapOutboundOut(request.head(head, allocator: context.channel.allocator)), promise: nil)
+            let bytes = request.head(head, as: headBytes, allocator: context.channel.allocator)
+            context.write(wrapOutboundOut(bytes), promise: nil)
         case .body(let data):
             if let header = request.chunkHeader(length: data.readableBytes, allocator: context.channel.allocator) {
                 context.write(wrapOutboundOut(header), promise: nil)

@@ -13,6 +13,8 @@ import Testing
     struct Framed: Equatable {
         var events: [String] = []
         var body: [UInt8] = []
+        /// The heads' bytes as handed out.
+        var heads: [UInt8] = []
         var held = 0
     }
 
@@ -33,7 +35,8 @@ import Testing
             }
             while let part = try framer.next(&buffer) {
                 switch part {
-                case .head(let head):
+                case .head(let head, let bytes):
+                    framed.heads += bytes.readableBytesView
                     let fields = head.headers.map { "\($0.name)=\($0.value)" }.joined(separator: ",")
                     framed.events.append("head \(head.method.rawValue) \(head.uri) \(head.version) [\(fields)]")
                 case .body(let bytes):
@@ -77,6 +80,16 @@ import Testing
             ], body: "hello")
     }
 
+    /// A head's bytes are the client's own, so that an unchanged head goes upstream as it came.
+    @Test func headBytesAreTheClientsOwn() throws {
+        let first = "GET /a HTTP/1.1\r\nHost: h\r\nX-Tag:  spaced value \r\n\r\n"
+        let second = "POST /b HTTP/1.1\nContent-Length: 5\n\n"
+        for readSize in [nil, 1, 3, 8] {
+            let framed = try frame(first + second + "hello", readSize: readSize)
+            #expect(framed.heads == Array((first + second).utf8), "read size \(String(describing: readSize))")
+        }
+    }
+
     @Test func chunkedBodiesLoseTheirFramingAndKeepTheirTrailers() throws {
         try expectFramed(
             "PUT /u HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\nX-Sum: 3\r\n\r\n"
@@ -104,7 +117,7 @@ import Testing
         while try framer.next(&buffer) != nil {}
         #expect(framer.isWaitingForUpgrade && framer.isBetweenRequests)
         framer.resumeAfterRefusedUpgrade()
-        guard case .head(let head) = try framer.next(&buffer) else {
+        guard case .head(let head, _) = try framer.next(&buffer) else {
             Issue.record("the next request is read once the upgrade is refused")
             return
         }
