@@ -76,6 +76,27 @@ import Testing
         try await group.shutdownGracefully()
     }
 
+    /// A head goes upstream as the client wrote it, unless Faultline takes a header out: the
+    /// fault headers, and `Connection` with what it names.
+    @Test func headsGoUpstreamAsSentUnlessAHeaderIsTakenOut() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let server = try await TestServer.start(group: group) { HeadEchoHandler() }
+        try await withHTTPProxy(upstreamPort: server.port, configure: { $0.http.headerFaults = HeaderFaults(enabled: true) }) {
+            _, port, _ in
+            let asSent = "GET /c?q=1 HTTP/1.1\r\nHost: test\r\nX-Keep:  as sent \r\nx-other:1\r\n\r\n"
+            let tagged = "GET /a HTTP/1.1\r\nHost: test\r\nx-faultline-delay: 1ms\r\nX-Keep:  as sent \r\n\r\n"
+            let hops = "GET /b HTTP/1.1\r\nHost: test\r\nConnection: X-Hop, close\r\nX-Hop: 1\r\nKeep-Alive: 5\r\n\r\n"
+            let reply = await RawClient.exchange(port: port, Array((asSent + tagged + hops).utf8), timeout: .seconds(5))
+            #expect(reply.status == 200)
+            #expect(reply.body.hasPrefix(asSent))
+            #expect(reply.body.contains("GET /a HTTP/1.1\r\nHost: test\r\nX-Keep: as sent\r\n\r\n"))
+            #expect(reply.body.hasSuffix("GET /b HTTP/1.1\r\nHost: test\r\n\r\n"))
+            #expect(!reply.body.contains("faultline") && !reply.body.contains("X-Hop"))
+        }
+        await server.stop()
+        try await group.shutdownGracefully()
+    }
+
     @Test func malformedAnswerGives502() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let server = try await TestServer.start(group: group) {

@@ -267,3 +267,26 @@ final class ScriptedAnswerHandler: ChannelInboundHandler {
         context.close(promise: nil)
     }
 }
+
+/// Answers every request (a head without a body) with a 200 whose body is the head's bytes as
+/// they arrived: what the proxy sent upstream.
+final class HeadEchoHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    private var received: [UInt8] = []
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        received += unwrapInboundIn(data).readableBytesView
+        let end: [UInt8] = Array("\r\n\r\n".utf8)
+        while let index = received.indices.first(where: { received[$0...].starts(with: end) }) {
+            let head = received[..<(index + end.count)]
+            received.removeFirst(index + end.count)
+            var answer = ByteBuffer(string: "HTTP/1.1 200 OK\r\nContent-Length: \(head.count)\r\n\r\n")
+            answer.writeBytes(head)
+            context.writeAndFlush(NIOAny(answer), promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
