@@ -39,8 +39,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 
-# The release build the README recommends: static Swift runtime.
-(cd "$root" && swift build -c release --static-swift-stdlib --product faultlined >/dev/null)
+# The release build the README recommends: static Swift runtime, no run-time exclusivity checks.
+(cd "$root" && swift build -c release --static-swift-stdlib -Xswiftc -enforce-exclusivity=unchecked --product faultlined >/dev/null)
 faultlined="$root/.build/release/faultlined"
 
 work="$(mktemp -d)"
