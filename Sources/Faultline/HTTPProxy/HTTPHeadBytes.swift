@@ -244,3 +244,98 @@ struct HeadLines {
         return line.isEmpty ? nil : line
     }
 }
+
+/// A message body after its head, in the framing the head gave it (RFC 9112, sections 6 and
+/// 7.1): a fixed length, or chunks, each after a size line, then a trailer section. Both
+/// framers follow bodies with it; each decides what to do with the framing it hands back.
+struct HTTPBodyFraming {
+    enum Piece {
+        /// Bytes of the body's content; `last` when they complete a fixed-length body.
+        case content(ByteBuffer, last: Bool)
+        /// The size line of a chunk with content, or the line end after a chunk's content.
+        case framing(ByteBuffer)
+        /// The size line of the last (empty) chunk: the trailer section comes next.
+        case lastChunk(ByteBuffer)
+        /// The trailer section and the empty line that ends it: the body is complete.
+        case trailers(ByteBuffer)
+    }
+
+    struct Malformed: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    private enum State {
+        case fixed(remaining: Int)
+        case chunkSizeLine
+        case chunkData(remaining: Int)
+        case chunkDataEnd
+        case trailers
+    }
+
+    private var state: State
+
+    /// A body of `length` bytes (more than 0).
+    init(length: Int) {
+        state = .fixed(remaining: length)
+    }
+
+    /// A chunked body.
+    static var chunked: HTTPBodyFraming {
+        var framing = HTTPBodyFraming(length: 1)
+        framing.state = .chunkSizeLine
+        return framing
+    }
+
+    /// The next piece from `buffer`, or nil when it is used up (an incomplete line or trailer
+    /// section waits in `collector`).
+    mutating func next(_ buffer: inout ByteBuffer, collector: inout HTTPBlockCollector) throws(Malformed) -> Piece? {
+        switch state {
+        case .fixed(let remaining):
+            guard buffer.readableBytes > 0 else { return nil }
+            let length = min(remaining, buffer.readableBytes)
+            state = .fixed(remaining: remaining - length)
+            return .content(buffer.readSlice(length: length)!, last: length == remaining)
+
+        case .chunkData(let remaining):
+            guard buffer.readableBytes > 0 else { return nil }
+            let length = min(remaining, buffer.readableBytes)
+            state = length == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - length)
+            return .content(buffer.readSlice(length: length)!, last: false)
+
+        case .chunkSizeLine:
+            guard let line = try take(&buffer, &collector, block: false) else { return nil }
+            let size: Int
+            do {
+                size = try HTTPHeadBytes.chunkSize(line)
+            } catch {
+                throw Malformed(description: error.tooLarge ? "chunk size too large" : "invalid chunk size")
+            }
+            if size == 0 {
+                state = .trailers
+                return .lastChunk(line)
+            }
+            state = .chunkData(remaining: size)
+            return .framing(line)
+
+        case .chunkDataEnd:
+            guard let line = try take(&buffer, &collector, block: false) else { return nil }
+            guard HTTPHeadBytes.isEmptyLine(line) else { throw Malformed(description: "no line end after a chunk") }
+            state = .chunkSizeLine
+            return .framing(line)
+
+        case .trailers:
+            guard let block = try take(&buffer, &collector, block: true) else { return nil }
+            return .trailers(block)
+        }
+    }
+
+    private func take(
+        _ buffer: inout ByteBuffer, _ collector: inout HTTPBlockCollector, block: Bool
+    ) throws(Malformed) -> ByteBuffer? {
+        do {
+            return block ? try collector.takeBlock(&buffer) : try collector.takeLine(&buffer)
+        } catch {
+            throw Malformed(description: "\(block ? "trailer section" : "chunk line") over \(collector.maxBytes) bytes")
+        }
+    }
+}

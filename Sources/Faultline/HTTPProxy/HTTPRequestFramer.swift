@@ -35,11 +35,7 @@ struct HTTPRequestFramer {
 
     private enum State {
         case head
-        case fixedBody(remaining: Int)
-        case chunkSizeLine
-        case chunkData(remaining: Int)
-        case chunkDataEnd
-        case trailers
+        case body(HTTPBodyFraming)
         /// After an `Upgrade` request: nothing more is read as HTTP for now.
         case upgradePending
         /// After a malformed request: the connection is being closed.
@@ -98,54 +94,39 @@ struct HTTPRequestFramer {
             while true {
                 guard let block = try take(&buffer, block: true) else { return nil }
                 if HTTPHeadBytes.isEmptyLine(block) { continue }
-                let (head, next) = try Self.parseHead(block)
+                let (head, body) = try Self.parseHead(block)
                 upgradeAfterEnd = head.headers.contains(name: "upgrade")
-                switch next {
-                case .head: pendingEnd = true
-                default: state = next
+                if let body {
+                    state = .body(body)
+                } else {
+                    pendingEnd = true
                 }
                 return .head(head, block)
             }
 
-        case .fixedBody(let remaining):
-            guard buffer.readableBytes > 0 else { return nil }
-            let length = min(remaining, buffer.readableBytes)
-            let slice = buffer.readSlice(length: length)!
-            if length == remaining {
-                state = .head
-                pendingEnd = true
-            } else {
-                state = .fixedBody(remaining: remaining - length)
+        case .body(var body):
+            while true {
+                let piece: HTTPBodyFraming.Piece?
+                do {
+                    piece = try body.next(&buffer, collector: &collector)
+                } catch {
+                    throw MalformedRequest(description: error.description)
+                }
+                switch piece {
+                case nil:
+                    state = .body(body)
+                    return nil
+                case .content(let bytes, let last):
+                    state = last ? .head : .body(body)
+                    pendingEnd = last
+                    return .body(bytes)
+                case .framing, .lastChunk:
+                    continue  // the request writer frames the body again
+                case .trailers(let block):
+                    state = .head
+                    return end(HTTPHeadBytes.isEmptyLine(block) ? nil : try Self.parseTrailers(block))
+                }
             }
-            return .body(slice)
-
-        case .chunkSizeLine:
-            guard let line = try take(&buffer, block: false) else { return nil }
-            let size: Int
-            do {
-                size = try HTTPHeadBytes.chunkSize(line)
-            } catch {
-                throw MalformedRequest(description: error.tooLarge ? "chunk size too large" : "invalid chunk size")
-            }
-            state = size == 0 ? .trailers : .chunkData(remaining: size)
-            return try nextPart(&buffer)
-
-        case .chunkData(let remaining):
-            guard buffer.readableBytes > 0 else { return nil }
-            let length = min(remaining, buffer.readableBytes)
-            state = length == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - length)
-            return .body(buffer.readSlice(length: length)!)
-
-        case .chunkDataEnd:
-            guard let line = try take(&buffer, block: false) else { return nil }
-            guard HTTPHeadBytes.isEmptyLine(line) else { throw MalformedRequest(description: "no line end after a chunk") }
-            state = .chunkSizeLine
-            return try nextPart(&buffer)
-
-        case .trailers:
-            guard let block = try take(&buffer, block: true) else { return nil }
-            state = .head
-            return end(HTTPHeadBytes.isEmptyLine(block) ? nil : try Self.parseTrailers(block))
 
         case .upgradePending, .failed:
             return nil
@@ -190,18 +171,19 @@ struct HTTPRequestFramer {
             }
         }
 
-        func next() throws(MalformedRequest) -> State {
+        /// The body that follows the head; nil when there is none.
+        func body() throws(MalformedRequest) -> HTTPBodyFraming? {
             if let chunked {
                 guard contentLength == nil else { throw MalformedRequest(description: "both Transfer-Encoding and Content-Length") }
                 guard chunked else { throw MalformedRequest(description: "a transfer coding other than chunked last") }
-                return .chunkSizeLine
+                return .chunked
             }
-            if let contentLength, contentLength > 0 { return .fixedBody(remaining: contentLength) }
-            return .head
+            if let contentLength, contentLength > 0 { return HTTPBodyFraming(length: contentLength) }
+            return nil
         }
     }
 
-    private static func parseHead(_ block: ByteBuffer) throws(MalformedRequest) -> (HTTPRequestHead, State) {
+    private static func parseHead(_ block: ByteBuffer) throws(MalformedRequest) -> (HTTPRequestHead, HTTPBodyFraming?) {
         try block.withUnsafeReadableBytes { bytes throws(MalformedRequest) in
             var lines = HeadLines(bytes)
             guard let requestLine = lines.next() else { throw MalformedRequest(description: "empty request head") }
@@ -209,7 +191,7 @@ struct HTTPRequestFramer {
             var framing = Framing()
             let fields = try parseFields(&lines, framing: &framing)
             let head = HTTPRequestHead(version: version, method: method, uri: uri, headers: HTTPHeaders(fields))
-            return (head, try framing.next())
+            return (head, try framing.body())
         }
     }
 

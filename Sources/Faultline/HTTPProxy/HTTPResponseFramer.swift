@@ -57,11 +57,16 @@ struct HTTPResponseFramer {
 
     private enum State {
         case head
-        case fixedBody(remaining: Int)
-        case chunkSizeLine
-        case chunkData(remaining: Int)
-        case chunkDataEnd
-        case trailers
+        case body(HTTPBodyFraming)
+        case untilClose
+        case tunnel
+    }
+
+    /// What follows a head, as it says.
+    private enum Next {
+        case noBody
+        case fixed(Int)
+        case chunked
         case untilClose
         case tunnel
     }
@@ -105,8 +110,8 @@ struct HTTPResponseFramer {
                 // holds the whole response.
                 let bodyLength: Int? =
                     switch parsed.next {
-                    case .head: 0
-                    case .fixedBody(let length) where length <= buffer.readableBytes: length
+                    case .noBody: 0
+                    case .fixed(let length) where length <= buffer.readableBytes: length
                     default: nil
                     }
                 if let bodyLength {
@@ -116,60 +121,49 @@ struct HTTPResponseFramer {
                         parsed.head, buffer.readSlice(length: head.readableBytes + bodyLength)!, headLength: head.readableBytes)
                 }
             }
-            state = parsed.next
-            // A final response without a body is complete with its head.
-            if parsed.head.status >= 200, case .head = parsed.next { pendingEnd = true }
+            switch parsed.next {
+            case .noBody:
+                // A final response without a body is complete with its head.
+                pendingEnd = parsed.head.status >= 200
+            case .fixed(let length): state = .body(HTTPBodyFraming(length: length))
+            case .chunked: state = .body(.chunked)
+            case .untilClose: state = .untilClose
+            case .tunnel: state = .tunnel
+            }
             return .head(parsed.head, head)
 
-        case .fixedBody(let remaining):
-            guard buffer.readableBytes > 0 else { return nil }
-            let length = min(remaining, buffer.readableBytes)
-            let slice = buffer.readSlice(length: length)!
-            if length == remaining {
-                state = .head
-                pendingEnd = true
-            } else {
-                state = .fixedBody(remaining: remaining - length)
-            }
-            return .body(slice)
-
-        case .chunkSizeLine:
-            guard let line = try takeLine(&buffer) else { return nil }
-            let size: Int
+        case .body(var body):
+            let piece: HTTPBodyFraming.Piece?
             do {
-                size = try HTTPHeadBytes.chunkSize(line)
+                piece = try body.next(&buffer, collector: &collector)
             } catch {
-                throw FramingError(description: error.tooLarge ? "chunk size too large" : "invalid chunk size")
+                throw FramingError(description: error.description)
             }
-            state = size == 0 ? .trailers : .chunkData(remaining: size)
-            if size == 0 {
+            switch piece {
+            case nil:
+                state = .body(body)
+                return nil
+            case .content(let bytes, let last):
+                state = last ? .head : .body(body)
+                pendingEnd = last
+                return .body(bytes)
+            case .framing(let line):
+                state = .body(body)
+                return .framing(line)
+            case .lastChunk(let line):
                 // The last chunk's line goes out with the trailers, as the response's end.
                 lastChunk = line
+                state = .body(body)
                 return try next(&buffer)
+            case .trailers(var trailers):
+                state = .head
+                if var last = lastChunk {
+                    lastChunk = nil
+                    last.writeBuffer(&trailers)
+                    return .end(last)
+                }
+                return .end(trailers)
             }
-            return .framing(line)
-
-        case .chunkData(let remaining):
-            guard buffer.readableBytes > 0 else { return nil }
-            let length = min(remaining, buffer.readableBytes)
-            state = length == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - length)
-            return .body(buffer.readSlice(length: length)!)
-
-        case .chunkDataEnd:
-            guard let line = try takeLine(&buffer) else { return nil }
-            guard HTTPHeadBytes.isEmptyLine(line) else { throw FramingError(description: "no line end after a chunk") }
-            state = .chunkSizeLine
-            return .framing(line)
-
-        case .trailers:
-            guard var trailers = try takeBlock(&buffer) else { return nil }
-            state = .head
-            if var last = lastChunk {
-                lastChunk = nil
-                last.writeBuffer(&trailers)
-                return .end(last)
-            }
-            return .end(trailers)
 
         case .untilClose:
             guard buffer.readableBytes > 0 else { return nil }
@@ -191,14 +185,6 @@ struct HTTPResponseFramer {
 
     // MARK: Lines and blocks
 
-    private mutating func takeLine(_ buffer: inout ByteBuffer) throws -> ByteBuffer? {
-        do {
-            return try collector.takeLine(&buffer)
-        } catch {
-            throw FramingError(description: "chunk line over \(maxHeadBytes) bytes")
-        }
-    }
-
     private mutating func takeBlock(_ buffer: inout ByteBuffer) throws -> ByteBuffer? {
         do {
             return try collector.takeBlock(&buffer)
@@ -209,7 +195,7 @@ struct HTTPResponseFramer {
 
     // MARK: Heads
 
-    private static func parseHead(_ head: ByteBuffer, answersHeadRequest: Bool) throws -> (head: Head, next: State) {
+    private static func parseHead(_ head: ByteBuffer, answersHeadRequest: Bool) throws -> (head: Head, next: Next) {
         try head.withUnsafeReadableBytes { bytes in
             var lines = HeadLines(bytes)
             guard let statusLine = lines.next() else { throw FramingError(description: "empty response head") }
@@ -259,21 +245,21 @@ struct HTTPResponseFramer {
                 }
             }
 
-            var next: State
+            var next: Next
             var endsWithClose = false
             if status < 200 {
-                next = status == 101 ? .tunnel : .head
+                next = status == 101 ? .tunnel : .noBody
             } else if answersHeadRequest || status == 204 || status == 304 {
-                next = .head
+                next = .noBody
             } else if hasTransferEncoding {
                 if chunked {
-                    next = .chunkSizeLine
+                    next = .chunked
                 } else {
                     next = .untilClose
                     endsWithClose = true
                 }
             } else if let contentLength {
-                next = contentLength == 0 ? .head : .fixedBody(remaining: contentLength)
+                next = contentLength == 0 ? .noBody : .fixed(contentLength)
             } else {
                 next = .untilClose
                 endsWithClose = true
