@@ -3,15 +3,16 @@
 # faultlined (release build, no fault configured), in one run, with wrk. Loopback only; every
 # wrk run is bounded by its duration.
 #
-#   Tests/Benchmarks/proxy-bench.sh [--duration SECONDS] [--conns N] [--rounds N] [--http]
+#   [FAULTLINED=path] Tests/Benchmarks/proxy-bench.sh [--duration SECONDS] [--conns N] [--rounds N] [--http]
 #
 # Prints requests/s for keep-alive and new-connection (Connection: close) requests on a
 # 128-byte response, MiB/s on 1 MiB responses, and each as a ratio to direct, and the daemon's
-# CPU time (user + system, from /proc) per keep-alive and per new-connection request. With --http the
-# listener is `protocol: http`, and a third column is a second http listener of the same daemon whose abort rule
-# answers 10 % of requests itself (503, no upstream): its ratio to the plain http listener
-# shows what the abort costs against the upstream work it saves (above 1.0: it saves more; in
-# the CPU rows, below 1.0: the daemon spends less per request with the abort rule). Installs wrk
+# CPU time (user + system, from /proc) per keep-alive and per new-connection request. With
+# --http the listener is `protocol: http`, and a second daemon with an http listener whose
+# abort rule answers 10 % of requests itself (503, no upstream) is loaded at the same time as
+# the plain one, each by its own wrk: the abort daemon's requests/s and CPU per request as
+# ratios to the plain daemon's show what the abort costs against the upstream work it saves
+# (requests/s above 1.0 and CPU below 1.0: it saves more than it costs). Installs wrk
 # and nginx-light with apt-get when they are missing (Debian). Compare ratios, not absolute
 # numbers: the load generator, nginx and the proxy share the machine's cores.
 set -euo pipefail
@@ -40,8 +41,13 @@ fi
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 
 # The release build the README recommends: static Swift runtime, no run-time exclusivity checks.
-(cd "$root" && swift build -c release --static-swift-stdlib -Xswiftc -enforce-exclusivity=unchecked --product faultlined >/dev/null)
-faultlined="$root/.build/release/faultlined"
+# FAULTLINED=path measures a binary built already (another scratch path, an installed one).
+if [ -n "${FAULTLINED:-}" ]; then
+    faultlined="$FAULTLINED"
+else
+    (cd "$root" && swift build -c release --static-swift-stdlib -Xswiftc -enforce-exclusivity=unchecked --product faultlined >/dev/null)
+    faultlined="$root/.build/release/faultlined"
+fi
 
 work="$(mktemp -d)"
 # nginx workers run as an unprivileged user: they must be able to read the files.
@@ -78,21 +84,29 @@ CONF
 pids+=($!)
 abort_port=18582
 targets="direct:$upstream_port faultline:$proxy_port"
+# The daemon's user and system CPU time in clock ticks (fields 14 and 15 of its stat line).
+ticks_per_second=$(getconf CLK_TCK)
+daemon_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 if $http; then
-    # Both http listeners in one daemon: the abort's ratio compares two listeners of the same
-    # process and threads, not two daemons started one after the other.
-    mkdir -p "$work/rules"
-    cat > "$work/rules/bench.yaml" <<RULES
+    # The abort listener runs in a daemon of its own, so that each daemon's CPU time is the
+    # cost of its own requests when both are loaded at once (below).
+    mkdir -p "$work/plain" "$work/abort"
+    cat > "$work/plain/bench.yaml" <<RULES
 listeners:
   - {name: plain, protocol: http, listen: 127.0.0.1:$proxy_port, upstream: 127.0.0.1:$upstream_port}
+RULES
+    cat > "$work/abort/bench.yaml" <<RULES
+listeners:
   - {name: bench, protocol: http, listen: 127.0.0.1:$abort_port, upstream: 127.0.0.1:$upstream_port}
 faults:
   - {name: abort-10, listener: bench, probability: 10%, abort: {status: 503, body: "injected\\n"}}
 RULES
-    "$faultlined" --rules "$work/rules" --no-metrics --no-control --log-level error &
+    "$faultlined" --rules "$work/plain" --no-metrics --no-control --log-level error &
     pids+=($!)
     daemon=$!
-    targets="$targets abort10:$abort_port"
+    "$faultlined" --rules "$work/abort" --no-metrics --no-control --log-level error &
+    pids+=($!)
+    abort_daemon=$!
 else
     "$faultlined" --listen 127.0.0.1:$proxy_port --upstream 127.0.0.1:$upstream_port --no-metrics --no-control --log-level error &
     pids+=($!)
@@ -120,19 +134,15 @@ fi
 # Byte-exact check before measuring.
 cmp <(curl -s "http://127.0.0.1:$proxy_port/1m") "$work/www/1m"
 
-# The daemon's user and system CPU time in clock ticks (fields 14 and 15 of its stat line).
-ticks_per_second=$(getconf CLK_TCK)
-daemon_ticks() { awk '{print $14 + $15}' "/proc/$daemon/stat"; }
-
 # wrk's summary line: "Requests/sec: N" and "Transfer/sec: N{KB,MB,GB}"; after it, a line of
 # ours: "cpu-us-per-request: N" (the daemon's CPU time over the requests of this run; 0 for
 # direct, which does not go through it).
 measure() { # port path extra-args...
     local port="$1" path="$2"; shift 2
     local before after output
-    before=$(daemon_ticks)
+    before=$(daemon_ticks "$daemon")
     output=$(wrk -t2 -c"$conns" -d"${duration}s" "$@" "http://127.0.0.1:$port$path" 2>/dev/null)
-    after=$(daemon_ticks)
+    after=$(daemon_ticks "$daemon")
     echo "$output"
     echo "$output" | awk -v ticks=$((after - before)) -v hz="$ticks_per_second" -v port="$port" -v direct="$upstream_port" \
         '/requests in/ {n = $1} END {print "cpu-us-per-request:", (port == direct || n == 0) ? 0 : ticks * 1e6 / hz / n}'
@@ -160,16 +170,11 @@ done
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
-if $http; then
-    printf '%-28s %10s %10s %10s %14s %14s\n' "test (median of $rounds)" direct faultline abort-10% "faultline/dir" "abort/faultline"
-else
-    printf '%-32s %14s %14s %8s\n' "test (median of $rounds)" direct faultline ratio
-fi
+printf '%-32s %14s %14s %8s\n' "test (median of $rounds)" direct faultline ratio
 for test in ka kacpu close closecpu bulk; do
-    d=(); f=(); a=()
+    d=(); f=()
     for round in $(seq 1 "$rounds"); do
         d+=("${results[direct-$test-$round]:-0}"); f+=("${results[faultline-$test-$round]}")
-        $http && a+=("${results[abort10-$test-$round]}")
     done
     dm=$(median "${d[@]}"); fm=$(median "${f[@]}")
     case $test in
@@ -179,14 +184,51 @@ for test in ka kacpu close closecpu bulk; do
         closecpu) label="  faultlined cpu us/request" ;;
         bulk) label="1 MiB responses MiB/s" ;;
     esac
-    # CPU rows: direct does not go through the daemon; below 1.0 in the abort column, the
-    # listener with the abort rule spends less of the daemon's CPU per request.
+    # CPU rows: direct does not go through the daemon.
     [[ $test == *cpu ]] && direct_column="-" || direct_column=$(printf '%.1f' "$dm")
     [[ $test == *cpu ]] && direct_ratio="-" || direct_ratio=$(ratio "$fm" "$dm")
-    if $http; then
-        am=$(median "${a[@]}")
-        printf '%-28s %10s %10.1f %10.1f %14s %14s\n' "$label" "$direct_column" "$fm" "$am" "$direct_ratio" "$(ratio "$am" "$fm")"
-    else
-        printf '%-32s %14s %14.1f %8s\n' "$label" "$direct_column" "$fm" "$direct_ratio"
-    fi
+    printf '%-32s %14s %14.1f %8s\n' "$label" "$direct_column" "$fm" "$direct_ratio"
+done
+$http || exit 0
+
+# The abort rule against the upstream work it saves: the plain daemon and the abort daemon
+# loaded at the same time, each by its own wrk with half the connections, so that both see the
+# same machine (its other load, its speed of the moment) and only the rule differs. Per round:
+# the abort daemon's requests/s and CPU time per request as ratios to the plain daemon's.
+# Above 1.0 for requests/s and below 1.0 for CPU, the answers Faultline makes itself cost less
+# than the upstream round trips they replace.
+paired_rounds=$((rounds * 2))
+half=$(( conns / 2 > 0 ? conns / 2 : 1 ))
+declare -A paired
+for round in $(seq 1 "$paired_rounds"); do
+    for mode in ka close; do
+        extra=()
+        [ "$mode" = close ] && extra=(-H 'Connection: close')
+        plain_before=$(daemon_ticks "$daemon"); abort_before=$(daemon_ticks "$abort_daemon")
+        wrk -t1 -c"$half" -d"${duration}s" "${extra[@]}" "http://127.0.0.1:$proxy_port/small" > "$work/plain.out" 2>/dev/null &
+        plain_wrk=$!
+        wrk -t1 -c"$half" -d"${duration}s" "${extra[@]}" "http://127.0.0.1:$abort_port/small" > "$work/abort.out" 2>/dev/null &
+        abort_wrk=$!
+        wait "$plain_wrk" "$abort_wrk"
+        plain_ticks=$(( $(daemon_ticks "$daemon") - plain_before )); abort_ticks=$(( $(daemon_ticks "$abort_daemon") - abort_before ))
+        plain_n=$(awk '/requests in/ {print $1}' "$work/plain.out"); abort_n=$(awk '/requests in/ {print $1}' "$work/abort.out")
+        paired[$mode-rate-$round]=$(awk -v a="$abort_n" -v p="$plain_n" 'BEGIN {printf "%.3f", a / p}')
+        paired[$mode-cpu-$round]=$(awk -v a="$abort_ticks" -v an="$abort_n" -v p="$plain_ticks" -v pn="$plain_n" \
+            'BEGIN {printf "%.3f", (a / an) / (p / pn)}')
+    done
+done
+echo
+echo "abort rule on 10 % of requests, its daemon against a plain one, both loaded at once ($paired_rounds rounds):"
+printf '%-32s %10s %16s\n' "abort / plain" median "min - max"
+for key in ka-rate ka-cpu close-rate close-cpu; do
+    values=()
+    for round in $(seq 1 "$paired_rounds"); do values+=("${paired[$key-$round]}"); done
+    case $key in
+        ka-rate) label="keep-alive req/s" ;;
+        ka-cpu) label="  cpu per request" ;;
+        close-rate) label="new connection req/s" ;;
+        close-cpu) label="  cpu per request" ;;
+    esac
+    range=$(printf '%s\n' "${values[@]}" | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%.2f - %.2f", lo, hi}')
+    printf '%-32s %10.2f %16s\n' "$label" "$(median "${values[@]}")" "$range"
 done
