@@ -517,11 +517,7 @@ final class HTTPProxyConnection: TrackedConnection {
                     connection.upstreamChannel = channel
                 }
             }
-        let connected: EventLoopFuture<Channel>
-        switch listener.upstream {
-        case .address(let address): connected = bootstrap.connect(to: address)
-        case .name(let host, let port): connected = bootstrap.connect(host: host, port: port)
-        }
+        let connected = listener.upstream.connect(bootstrap, on: eventLoop)
         connected.assumeIsolated().whenComplete { [self] result in
             guard generation == self.generation else {
                 if case .success(let channel) = result { channel.close(promise: nil) }

@@ -12,6 +12,8 @@ final class ListenerConfiguration: Sendable {
     enum Upstream: Sendable {
         /// An IP literal, parsed once: no look-up per connection.
         case address(SocketAddress)
+        /// An IP literal on loopback: connected without waiting for an event (see `connect`).
+        case loopback(SocketAddress)
         /// A host name, resolved by NIO on each dial so that DNS changes are followed.
         case name(String, Int)
     }
@@ -84,7 +86,8 @@ final class ListenerConfiguration: Sendable {
             headerInjectionCounters = [:]
         }
         if rule.upstream.isIPLiteral {
-            upstream = .address(try SocketAddress(ipAddress: rule.upstream.host, port: rule.upstream.port))
+            let address = try SocketAddress(ipAddress: rule.upstream.host, port: rule.upstream.port)
+            upstream = LoopbackConnect.isLoopback(address) ? .loopback(address) : .address(address)
         } else {
             upstream = .name(rule.upstream.host, rule.upstream.port)
         }

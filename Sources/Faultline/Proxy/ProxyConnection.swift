@@ -278,11 +278,7 @@ final class ProxyConnection: TrackedConnection {
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
-        let connected: EventLoopFuture<Channel>
-        switch listener.upstream {
-        case .address(let address): connected = bootstrap.connect(to: address)
-        case .name(let host, let port): connected = bootstrap.connect(host: host, port: port)
-        }
+        let connected = listener.upstream.connect(bootstrap, on: eventLoop)
         connected.assumeIsolated().whenComplete { result in
             switch result {
             case .success(let channel):

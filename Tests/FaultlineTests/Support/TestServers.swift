@@ -6,7 +6,7 @@ import Synchronization
 import Glibc
 #endif
 
-/// Upstream servers for the proxy tests, on 127.0.0.1 port 0.
+/// Upstream servers for the proxy tests, on 127.0.0.1 (or `host`) port 0.
 final class TestServer: Sendable {
     let channel: Channel
     var port: Int { channel.localAddress!.port! }
@@ -16,7 +16,7 @@ final class TestServer: Sendable {
     }
 
     static func start(
-        group: EventLoopGroup, halfClosure: Bool = true,
+        group: EventLoopGroup, host: String = "127.0.0.1", halfClosure: Bool = true,
         handler: @escaping @Sendable () -> ChannelHandler
     ) async throws -> TestServer {
         let channel = try await ServerBootstrap(group: group)
@@ -30,7 +30,7 @@ final class TestServer: Sendable {
                     try channel.pipeline.syncOperations.addHandler(handler())
                 }
             }
-            .bind(host: "127.0.0.1", port: 0).get()
+            .bind(host: host, port: 0).get()
         return TestServer(channel: channel)
     }
 
