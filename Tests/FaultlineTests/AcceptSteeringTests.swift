@@ -27,25 +27,52 @@ import Glibc
         #expect(abs((shares.first ?? 0) - 0.75) < 0.001, "shares: \(shares)")
     }
 
-    /// Connections spread once a loop is busy, and fill one loop again only when every loop
-    /// is below the lower threshold or has gone quiet.
+    /// Connections spread once a loop has been busy for three windows in a row, and fill one
+    /// loop again only when every loop is below the lower threshold or has gone quiet.
     @Test func steeringHasHysteresisAndForgetsQuietLoops() {
         let steering = AcceptSteering(logger: Logger(label: "test"))
         let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
-        steering.report(loop: 0, share: 0.8, at: start)
+        func at(_ milliseconds: Int64) -> NIODeadline { start + .milliseconds(milliseconds) }
+        steering.report(loop: 0, share: 0.8, at: at(0))
         #expect(steering.fillsFirst, "80 % of a core is not busy")
-        steering.report(loop: 0, share: 0.95, at: start + .milliseconds(100))
+        steering.report(loop: 0, share: 0.95, at: at(100))
+        steering.report(loop: 0, share: 0.95, at: at(200))
+        #expect(steering.fillsFirst, "two busy windows are a spike, not a busy loop")
+        steering.report(loop: 0, share: 0.85, at: at(300))
+        steering.report(loop: 0, share: 0.95, at: at(400))
+        steering.report(loop: 0, share: 0.95, at: at(500))
+        #expect(steering.fillsFirst, "a window below the threshold starts the count again")
+        steering.report(loop: 0, share: 0.95, at: at(600))
         #expect(!steering.fillsFirst)
-        steering.report(loop: 1, share: 0.1, at: start + .milliseconds(150))
-        steering.report(loop: 0, share: 0.5, at: start + .milliseconds(200))
+        steering.report(loop: 1, share: 0.1, at: at(650))
+        steering.report(loop: 0, share: 0.5, at: at(700))
         #expect(!steering.fillsFirst, "a loop at 50 % keeps connections spread")
-        steering.report(loop: 0, share: 0.1, at: start + .milliseconds(300))
+        steering.report(loop: 0, share: 0.1, at: at(800))
         #expect(steering.fillsFirst)
-        steering.report(loop: 0, share: 0.95, at: start + .milliseconds(400))
+        for window in 0..<3 { steering.report(loop: 0, share: 0.95, at: at(900 + 100 * Int64(window))) }
         #expect(!steering.fillsFirst)
         // Loop 0 goes quiet (no events, no ticks); loop 1 reports 400 ms later.
-        steering.report(loop: 1, share: 0.1, at: start + .milliseconds(800))
+        steering.report(loop: 1, share: 0.1, at: at(1_500))
         #expect(steering.fillsFirst, "a loop that has not reported for 300 ms is idle")
+        // A streak broken by a quiet spell starts again.
+        steering.report(loop: 0, share: 0.95, at: at(1_600))
+        steering.report(loop: 0, share: 0.95, at: at(1_700))
+        steering.report(loop: 0, share: 0.95, at: at(3_000))
+        #expect(steering.fillsFirst, "the third busy window came after 1.3 s without a report")
+    }
+
+    /// Every loop goes quiet at once: no loop has a tick to report, and the look the steering
+    /// takes again on its own puts connections back on one loop.
+    @Test func quietGroupFillsOneLoopAgainWithoutReports() {
+        let steering = AcceptSteering(logger: Logger(label: "test"))
+        let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        for window in 0..<3 { steering.report(loop: 0, share: 0.95, at: start + .milliseconds(100 * Int64(window))) }
+        steering.report(loop: 1, share: 0.6, at: start + .milliseconds(250))
+        #expect(!steering.fillsFirst)
+        steering.reevaluate(at: start + .milliseconds(400))
+        #expect(!steering.fillsFirst, "both loops reported within 300 ms")
+        steering.reevaluate(at: start + .milliseconds(600))
+        #expect(steering.fillsFirst, "neither loop has reported for 300 ms")
     }
 
     /// While no loop is busy every new connection lands on one loop (with the kernel's hash,
@@ -90,7 +117,7 @@ import Glibc
 
             // A loop of its own (the daemon's loops report under 0, 1): busy until told otherwise,
             // reported again before each connection so that it never goes stale.
-            steering.report(loop: 1000, share: 1, at: .now())
+            for _ in 0..<AcceptSteering.busyWindows { steering.report(loop: 1000, share: 1, at: .now()) }
             #expect(!steering.fillsFirst)
             // The program is set on the listening socket's loop: connect until one lands
             // elsewhere (each has an even chance once the kernel hashes), for at most 10 s.
@@ -105,13 +132,13 @@ import Glibc
             }
             #expect(!spread.contains(0), "per loop once a loop is busy: \(spread)")
 
-            // Back to one loop once every loop is quiet or below the lower threshold (a loop
-            // slowed down by a sanitizer may stay above it until the connections go quiet).
+            // Back to one loop once every loop is quiet or below the lower threshold, with no
+            // report from loop 1000 any more: the connections are idle, the daemon's loops
+            // have no events and so no ticks to report, and the steering's own timer looks
+            // again (a loop slowed down by a sanitizer may stay above the threshold for a while).
             let quietBy = ContinuousClock.now + .seconds(10)
-            steering.report(loop: 1000, share: 0, at: .now())
             while !steering.fillsFirst, ContinuousClock.now < quietBy {
                 try await Task.sleep(for: .milliseconds(50))
-                steering.report(loop: 1000, share: 0, at: .now())
             }
             #expect(steering.fillsFirst)
         } catch {

@@ -17,24 +17,35 @@ import Glibc
 ///
 /// So new connections fill one loop first: while no loop is busy, a one-instruction BPF
 /// program makes the group pick its first socket for every connection; once a loop's thread
-/// uses more than `busyAbove` of a core, the program gives the choice back to the kernel's
-/// hash, and all loops share new connections until every loop is below `idleBelow` again.
-/// Connections stay on the loop that accepted them either way.
+/// has used more than `busyAbove` of a core for `busyWindows` windows in a row, the program
+/// gives the choice back to the kernel's hash, and all loops share new connections until every
+/// loop is below `idleBelow` again. Connections stay on the loop that accepted them either way.
+///
+/// Busy means busy for a while: one loop carrying 64 keep-alive connections at three quarters
+/// of a core goes above 90 % for a window now and then, and a single such window would spread
+/// the connections a client opens next over both loops.
 ///
 /// Each loop measures its own thread's CPU time at the end of NIO's ticks (the group's
 /// metrics delegate) over windows of `window`, and reports it once per window: the lock is
 /// taken ten times a second per working loop, never per event. A loop that has not reported
-/// for `staleAfter` had no events to handle: it counts as idle. Programs are set under the
-/// lock, so that the last one set is the one the state says.
+/// for `staleAfter` had no events to handle: it counts as idle. A loop with no events has no
+/// ticks either, so while connections are spread a timer on a listener's loop looks again
+/// every window: a load that stops lets the next burst of connections fill one loop, instead
+/// of leaving the group spread until a loop next has work (after 3 s of new-connection load
+/// and a 1 s pause, the next client's 64 keep-alive connections were split over both loops in
+/// 4 of 6 runs without the timer and the streak, 0 of 6 with them). Programs are set under
+/// the lock, so that the last one set is the one the state says.
 public final class AcceptSteering: NIOEventLoopMetricsDelegate, Sendable {
     public static let busyAbove = 0.9
+    public static let busyWindows = 3
     public static let idleBelow = 0.25
     public static let window = TimeAmount.milliseconds(100)
     public static let staleAfter = TimeAmount.milliseconds(300)
 
     private struct State {
-        /// Each loop's share of a core in its last window, and when it reported it.
-        var loads: [Int: (share: Double, at: NIODeadline)] = [:]
+        /// Each loop's share of a core in its last window, when it reported it, and how many
+        /// windows in a row up to that one it was above `busyAbove`.
+        var loads: [Int: (share: Double, at: NIODeadline, busyStreak: Int)] = [:]
         var nextLoopSlot = 0
         /// Connections go to the group's first socket (false: the kernel's hash).
         var fillFirst = true
@@ -42,6 +53,20 @@ public final class AcceptSteering: NIOEventLoopMetricsDelegate, Sendable {
         var spreads = 0
         /// The first socket of each listener: setting the program on one sets it for its group.
         var listeners: [ObjectIdentifier: Channel] = [:]
+        /// While spread: looks again every window, for a group whose loops went quiet.
+        var quietCheck: RepeatedTask?
+
+        /// Whether connections are to be spread now: while they fill one loop, once a loop has
+        /// been busy for `busyWindows` windows; once spread, while a loop is above `idleBelow`.
+        /// A loop that has not reported for `staleAfter` counts as idle.
+        func spreadWanted(at now: NIODeadline) -> Bool {
+            loads.values.contains { load in
+                guard now - load.at < AcceptSteering.staleAfter else { return false }
+                return fillFirst
+                    ? load.busyStreak >= AcceptSteering.busyWindows
+                    : load.share > AcceptSteering.idleBelow
+            }
+        }
 
         /// What the group of `channel` is to do. While a listener replacing another on the
         /// same address binds beside it, the group holds both, and its first socket is the old
@@ -107,19 +132,41 @@ public final class AcceptSteering: NIOEventLoopMetricsDelegate, Sendable {
     }
 
     /// A loop's share of a core over its last window; the program changes when the answer
-    /// for the group does. Busy means above `busyAbove` while connections fill one loop, and
-    /// still above `idleBelow` once they are spread.
+    /// for the group does (see `State.spreadWanted`).
     func report(loop slot: Int, share: Double, at now: NIODeadline) {
         let changed: Bool? = state.withLockedValue { state in
-            state.loads[slot] = (share, now)
-            let threshold = state.fillFirst ? Self.busyAbove : Self.idleBelow
-            let busy = state.loads.values.contains { now - $0.at < Self.staleAfter && $0.share > threshold }
-            guard busy == state.fillFirst else { return nil }
-            state.fillFirst = !busy
-            if busy { state.spreads += 1 }
-            for channel in state.listeners.values { apply(fillFirst: state.fillsFirst(channel), to: channel) }
-            return state.fillFirst
+            // A streak broken by a quiet spell (no report for `staleAfter`) starts again.
+            let previous = state.loads[slot].flatMap { now - $0.at < Self.staleAfter ? $0.busyStreak : nil } ?? 0
+            let streak = share > Self.busyAbove ? previous + 1 : 0
+            state.loads[slot] = (share, now, streak)
+            return decide(&state, at: now)
         }
+        log(changed)
+    }
+
+    /// Looks again without a new report: loops that went quiet have stopped reporting.
+    func reevaluate(at now: NIODeadline) {
+        log(state.withLockedValue { decide(&$0, at: now) })
+    }
+
+    /// Sets the programs when the answer changes; returns the new `fillFirst`, or nil.
+    private func decide(_ state: inout State, at now: NIODeadline) -> Bool? {
+        let spread = state.spreadWanted(at: now)
+        guard spread == state.fillFirst else { return nil }
+        state.fillFirst = !spread
+        if spread { state.spreads += 1 }
+        for channel in state.listeners.values { apply(fillFirst: state.fillsFirst(channel), to: channel) }
+        state.quietCheck?.cancel()
+        state.quietCheck = nil
+        if spread, let loop = state.listeners.values.first?.eventLoop {
+            state.quietCheck = loop.scheduleRepeatedTask(initialDelay: Self.window, delay: Self.window) { [weak self] _ in
+                self?.reevaluate(at: .now())
+            }
+        }
+        return state.fillFirst
+    }
+
+    private func log(_ changed: Bool?) {
         guard let changed else { return }
         logger.debug("new connections \(changed ? "fill one event loop first" : "spread over every event loop")")
     }
