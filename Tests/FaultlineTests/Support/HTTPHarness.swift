@@ -25,7 +25,7 @@ func withHTTPProxy<T>(
     // The demo server stops serving before its loops go away.
     func stopDemo() async {
         await demo.demoServer!.close()
-        await serving.value
+        _ = await serving.result
         await demo.shutdown()
     }
     let listener = TestDaemon.listener(upstreamPort: upstreamPort ?? demo.demoServer!.localAddress.port!) { rule in
