@@ -108,8 +108,8 @@ struct HTTPRuleParsingTests {
             #"rules/h.yaml:17:53: faults[2].match.path.prefix: "api" is not a path (it must start with /)"#,
             #"rules/h.yaml:18:44: faults[3].match.path: give one of exact, prefix, glob"#,
             #"rules/h.yaml:19:46: faults[4].match.method: expected an HTTP method such as GET, found "GET /""#,
-            #"rules/h.yaml:20:54: unknown key "faults[5].match.headers.x-a.equal"; did you mean "equals"?"#,
             #"rules/h.yaml:20:53: faults[5].match.headers.x-a: give one of present, equals, glob"#,
+            #"rules/h.yaml:20:54: unknown key "faults[5].match.headers.x-a.equal"; did you mean "equals"?"#,
         ])
     }
 
@@ -128,8 +128,8 @@ struct HTTPRuleParsingTests {
             """
         #expect(RuleLoader.load(sources: [("r.yaml", text)]).errorDescriptions == [
             #"r.yaml:5:5: listeners[0].http: only for listeners with protocol: http"#,
-            #"r.yaml:10:47: listeners[1].http.head_timeout: "soon" is not a duration (write it with a unit: 250ms, 1.5s, 2m)"#,
             #"r.yaml:10:27: listeners[1].http.max_head_size: at most 80KiB"#,
+            #"r.yaml:10:47: listeners[1].http.head_timeout: "soon" is not a duration (write it with a unit: 250ms, 1.5s, 2m)"#,
         ])
     }
 
@@ -166,8 +166,8 @@ struct HTTPRuleParsingTests {
               - {name: s, listen: 127.0.0.1:1, upstream: 127.0.0.1:2, upstream_tls: {ca: /x.pem, insecure: true, sni: y}}
             """
         #expect(RuleLoader.load(sources: [("t.yaml", unknown)]).errorDescriptions == [
-            #"t.yaml:2:102: unknown key "listeners[0].upstream_tls.sni"; expected one of ca, insecure, server_name"#,
             #"t.yaml:2:74: listeners[0].upstream_tls: ca and insecure: true exclude each other"#,
+            #"t.yaml:2:102: unknown key "listeners[0].upstream_tls.sni"; expected one of ca, insecure, server_name"#,
         ])
         let both = """
             listeners:
@@ -200,9 +200,9 @@ struct HTTPRuleParsingTests {
               - {name: c, listener: plain, certificate: {kind: expired, within: 1h}}
             """
         #expect(RuleLoader.load(sources: [("t.yaml", bad)]).errorDescriptions == [
+            #"t.yaml:4:5: fault "a": certificate needs a listener with a tls: block"#,
             #"t.yaml:5:52: faults[1].certificate.kind: "expird" is not one of expired, not_yet_valid, expiring_soon, wrong_host, self_signed, untrusted_root; did you mean "expired"?"#,
             #"t.yaml:6:61: faults[2].certificate.within: only for kind: expiring_soon"#,
-            #"t.yaml:4:5: fault "a": certificate needs a listener with a tls: block"#,
         ])
     }
 }

@@ -63,8 +63,8 @@ struct RuleFileParserTests {
                 upstrem: 127.0.0.1:9000
             """
         #expect(errors(text) == [
-            #"rules/api.yaml:4:5: unknown key "listeners[0].upstrem"; did you mean "upstream"?"#,
             #"rules/api.yaml:2:5: listeners[0].upstream: required key is missing"#,
+            #"rules/api.yaml:4:5: unknown key "listeners[0].upstrem"; did you mean "upstream"?"#,
         ])
     }
 
@@ -187,6 +187,59 @@ struct RuleFileParserTests {
             """
         #expect(errors(text).count == 3)
     }
+
+    /// Errors found by different checks (one entry, then between entries) come in file order,
+    /// as a compiler lists them, not in the order the checks ran.
+    @Test func errorsComeInFileOrder() {
+        let b = """
+            faults:
+              - name: slow
+                listener: missing
+                latency: {delay: 10ms}
+              - name: flaky
+                listener: api
+                probability: 140%
+                reset: {}
+            listeners:
+              - name: api
+                listen: 127.0.0.1:8080
+                upstream: nope
+            """
+        let a = """
+            listeners:
+              - name: other
+                listen: 127.0.0.1:8081
+                upstream: 127.0.0.1:9000
+                timeouts: {idle: forever}
+            """
+        let result = RuleLoader.load(sources: [("rules/b.yaml", b), ("rules/a.yaml", a)])
+        guard case .failure(let errors) = result else {
+            Issue.record("expected errors")
+            return
+        }
+        #expect(errors.errors.map(\.description) == [
+            #"rules/a.yaml:5:22: listeners[0].timeouts.idle: "forever" is not a duration (write it with a unit: 250ms, 1.5s, 2m)"#,
+            #"rules/b.yaml:2:5: fault "slow" names listener "missing", which is not declared"#,
+            #"rules/b.yaml:7:18: faults[1].probability: 140% is outside 0 to 1"#,
+            #"rules/b.yaml:12:15: listeners[0].upstream: "nope" is not host:port (it has no port)"#,
+        ])
+    }
+
+    /// A listener with an error is still declared: a fault naming it gets no second error
+    /// saying that the listener does not exist.
+    @Test func faultOnAListenerWithAnErrorIsNotReportedTwice() {
+        let text = """
+            listeners:
+              - name: api
+                listen: 127.0.0.1:8080
+                upstream: db
+            faults:
+              - name: slow
+                listener: api
+                latency: {delay: 10ms}
+            """
+        #expect(errors(text) == [#"rules/api.yaml:4:15: listeners[0].upstream: "db" is not host:port (it has no port)"#])
+    }
 }
 
 struct ValueParsingTests {
@@ -308,8 +361,8 @@ struct FaultRuleParsingTests {
             #"rules/f.yaml:8:18: faults[0].probability: 1.5 is outside 0 to 1"#,
             #"rules/f.yaml:9:22: faults[0].latency.delay: "200" is not a duration (write it with a unit: 250ms, 1.5s, 2m)"#,
             #"rules/f.yaml:13:5: faults[1]: one action per fault, found latency and bandwidth; write two faults"#,
-            #"rules/f.yaml:16:15: faults[2].clients[0]: "10.0.0.0/33" is not an address block (10.0.0.0/8, 127.0.0.1, ::1/128)"#,
             #"rules/f.yaml:14:5: faults[2]: a fault needs one action: latency, bandwidth, slicer, reset, refuse, blackhole, limit, cut, slow_close, abort, certificate, handshake"#,
+            #"rules/f.yaml:16:15: faults[2].clients[0]: "10.0.0.0/33" is not an address block (10.0.0.0/8, 127.0.0.1, ::1/128)"#,
             #"rules/f.yaml:19:35: faults[3].slicer.variation: must be smaller than size (10)"#,
         ])
         let unknownListener = """

@@ -75,8 +75,8 @@ struct RuleReloadTests {
             let outcome = await daemon.reloader.reload(reason: "test")
             #expect(!outcome.succeeded)
             #expect(outcome.errors == [
-                #"\#(folder)/a.yaml:2:36: unknown key "listeners[0].upstrem"; did you mean "upstream"?"#,
                 #"\#(folder)/a.yaml:2:5: listeners[0].upstream: required key is missing"#,
+                #"\#(folder)/a.yaml:2:36: unknown key "listeners[0].upstrem"; did you mean "upstream"?"#,
             ])
             #expect(daemon.reloader.rules.listeners.map(\.name) == ["a"])
             let stillThere = await RawClient.run(port: daemon.port("a"), send: 3, halfClose: true)

@@ -28,12 +28,18 @@ public struct RuleError: Error, Sendable, Hashable, CustomStringConvertible {
     public var description: String { "\(location): \(message)" }
 }
 
-/// Every error found in a rule folder: loading reports all of them at once, not just the first.
+/// Every error found in a rule folder: loading reports all of them at once, not just the first,
+/// in the order of the files (by file, line and column, as a compiler lists them), whichever
+/// check found each.
 public struct RuleErrors: Error, Sendable, CustomStringConvertible {
     public var errors: [RuleError]
 
     public init(_ errors: [RuleError]) {
-        self.errors = errors
+        // The index keeps errors at one place in the order they were found.
+        self.errors = errors.enumerated().sorted { a, b in
+            let (x, y) = (a.element.location, b.element.location)
+            return (x.file, x.line, x.column, a.offset) < (y.file, y.line, y.column, b.offset)
+        }.map(\.element)
     }
 
     public var description: String { errors.map(\.description).joined(separator: "\n") }

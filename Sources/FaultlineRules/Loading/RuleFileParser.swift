@@ -11,6 +11,9 @@ public struct RuleFileParser {
         public var listeners: [ListenerRule]
         public var faults: [FaultRule] = []
         public var errors: [RuleError]
+        /// Listeners declared with a name but wrong elsewhere: their errors are reported, and
+        /// a fault naming one is not reported again as naming an undeclared listener.
+        public var invalidListenerNames: [String] = []
     }
 
     public static func parse(_ text: String, file: String) -> Result {
@@ -30,6 +33,7 @@ public struct RuleFileParser {
             return Result(listeners: [], errors: [])
         }
         var listeners: [ListenerRule] = []
+        var invalidListenerNames: [String] = []
         var faults: [FaultRule] = []
         if let top = reader.fields(root, path: "", allowed: topLevelKeys) {
             if let entry = top["faults"], let items = reader.sequence(entry) {
@@ -41,21 +45,27 @@ public struct RuleFileParser {
             }
             if let entry = top["listeners"], let items = reader.sequence(entry) {
                 for (index, item) in items.enumerated() {
-                    if let listener = parseListener(item, path: "listeners[\(index)]", reader: &reader) {
+                    var name: String?
+                    if let listener = parseListener(item, path: "listeners[\(index)]", reader: &reader, declaredName: &name) {
                         listeners.append(listener)
+                    } else if let name {
+                        invalidListenerNames.append(name)
                     }
                 }
             }
         }
-        return Result(listeners: listeners, faults: faults, errors: reader.errors)
+        return Result(listeners: listeners, faults: faults, errors: reader.errors, invalidListenerNames: invalidListenerNames)
     }
 
-    static func parseListener(_ node: Node, path: String, reader: inout NodeReader) -> ListenerRule? {
+    /// The listener, or nil with its errors reported; `declaredName` is its name when that much
+    /// is right.
+    static func parseListener(_ node: Node, path: String, reader: inout NodeReader, declaredName: inout String?) -> ListenerRule? {
         guard
             let fields = reader.fields(node, path: path, allowed: listenerKeys, required: ["name", "listen", "upstream"])
         else { return nil }
         let errorsBefore = reader.errors.count
         let name = fields["name"].flatMap { reader.name($0) }
+        declaredName = name
         let listen = fields["listen"].flatMap { reader.hostPort($0, allowPortZero: true) }
         if let listen, let entry = fields["listen"], !listen.isIPLiteral, listen.host != "localhost" {
             reader.report("\(entry.path): \"\(listen)\" must listen on an IP address or localhost", at: entry.value)

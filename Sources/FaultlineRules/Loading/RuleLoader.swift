@@ -56,15 +56,17 @@ public enum RuleLoader {
     public static func load(sources: [(file: String, text: String)]) -> Result<RuleSet, RuleErrors> {
         var errors: [RuleError] = []
         var listeners: [ListenerRule] = []
+        var invalidListenerNames: [String] = []
         var faults: [FaultRule] = []
         for source in sources {
             let parsed = RuleFileParser.parse(source.text, file: source.file)
             errors += parsed.errors
             listeners += parsed.listeners
+            invalidListenerNames += parsed.invalidListenerNames
             faults += parsed.faults
         }
         errors += crossFileErrors(listeners)
-        errors += faultErrors(faults, listeners: listeners)
+        errors += faultErrors(faults, listeners: listeners, knownListeners: invalidListenerNames)
         if !errors.isEmpty { return .failure(RuleErrors(errors)) }
         return .success(RuleSet(listeners: listeners, faults: faults, files: sources.map(\.file)))
     }
