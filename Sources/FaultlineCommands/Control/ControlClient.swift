@@ -30,7 +30,10 @@ struct ControlClient {
                     }
                 }
         } catch {
-            throw ControlFailure.unreachable(socketPath, "\(error)")
+            // The system's words for a socket error ("No such file or directory"), not the
+            // description of the NIO call that met it.
+            let reason = (error as? IOError).map { String(cString: strerror($0.errnoCode)) } ?? "\(error)"
+            throw ControlFailure.unreachable(socketPath, reason)
         }
         return try await channel.executeThenClose { inbound, outbound in
             var headers = HTTPHeaders([("Host", "faultline"), ("Connection", "close")])

@@ -20,3 +20,26 @@ public struct FaultctlCommand: AsyncParsableCommand {
 
     public init() {}
 }
+
+@available(macOS 15, *)
+extension FaultctlCommand {
+    /// Runs the command line with the exit codes the help promises: a usage error (an unknown
+    /// option, a missing argument) exits 2, where the argument parser's own is 64 (EX_USAGE),
+    /// so that a script can tell a mistyped command from a fault that was not found (3).
+    public static func runWithDocumentedExitCodes() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            if exitCode(for: error) == .validationFailure {
+                printToStandardError(fullMessage(for: error))
+                exit(withError: ExitCode(2))
+            }
+            exit(withError: error)
+        }
+    }
+}

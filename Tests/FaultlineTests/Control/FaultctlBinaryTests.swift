@@ -70,6 +70,14 @@ struct FaultctlBinaryTests {
         try "listeners: [{name: x}]".write(toFile: folder + "/bad.yaml", atomically: true, encoding: .utf8)
         #expect(try await Self.faultctl(["validate", folder], socket: socket).status == 4)
 
+        // Usage errors exit 2, as the help says.
+        let unknownOption = try await Self.faultctl(["list", "--bogus"], socket: socket)
+        #expect(unknownOption.status == 2)
+        #expect(unknownOption.error.contains("Unknown option '--bogus'"))
+        #expect(try await Self.faultctl(["inject", "latency"], socket: socket).status == 2)
+        #expect(try await Self.faultctl(["frobnicate"], socket: socket).status == 2)
+        #expect(try await Self.faultctl(["--help"], socket: socket).status == 0)
+
         let unreachable = try await Self.faultctl(["status"], socket: folder + "/none.sock")
         #expect(unreachable.status == 5)
         #expect(unreachable.error.contains("cannot reach faultlined"))
