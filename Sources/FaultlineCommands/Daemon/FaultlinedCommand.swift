@@ -13,6 +13,10 @@ public struct FaultlinedCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "faultlined",
         abstract: "Faultline: a fault-injection proxy that sits in front of a service under test.",
+        // One line per paragraph: the argument parser wraps them to the terminal.
+        discussion: """
+            serve is the default subcommand: `faultlined --rules rules` is `faultlined serve --rules rules`, and `faultlined help serve` lists every option (--rules, --listen and --upstream, --metrics, --control-socket, --grace, --log-level, ...).
+            """,
         version: FaultlineVersion.current,
         subcommands: [ServeCommand.self, CACommand.self],
         defaultSubcommand: ServeCommand.self
@@ -26,7 +30,7 @@ public struct FaultlinedCommand: AsyncParsableCommand {
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
-        abstract: "Faultline: a fault-injection proxy that sits in front of a service under test.",
+        abstract: "Run the proxy (the default subcommand).",
         discussion: """
             Reads every *.yaml file in the rules folder and starts the listeners they declare.
             One-off form, without rule files:
