@@ -17,10 +17,14 @@ struct StartupCodePagesTests {
         // Everything the suite ran so far (Testing, NIO, the daemon's code) is resident.
         try #require(before >= 1024, "only \(before) KiB of code resident before")
 
-        StartupCodePages.unmap()
-        let after = try Self.residentKiB(of: mappings)
-
-        // Reading smaps and the tests running beside this one bring some pages back at once.
+        // Reading smaps and the tests running beside this one bring some pages back at once
+        // (up to half of them, seen once on a loaded 2-core machine): the lowest of up to three
+        // tries is what the unmapping left. Without it, every try stays near `before`.
+        var after = Int.max
+        for _ in 0..<3 where after >= before / 2 {
+            StartupCodePages.unmap()
+            after = min(after, try Self.residentKiB(of: mappings))
+        }
         #expect(after < before / 2, "resident code: \(before) KiB before, \(after) KiB after")
         // Code on any page still runs: the rest of the suite runs on after this, and so does this.
         #expect(String(describing: (1...3).map { $0 * 2 }) == "[2, 4, 6]")
