@@ -88,6 +88,43 @@ struct UpstreamFailureTests {
         await holder.stop()
         try await group.shutdownGracefully()
     }
+
+    /// An upstream that stays down while clients keep coming: the first failure is logged in
+    /// full, the rest are counted and logged about once a second per loop, and the counts add
+    /// up to every client (the built binary, its log as an operator reads it).
+    @Test func failuresAreLoggedAboutOnceASecond() async throws {
+        let port = try unusedPort()
+        let daemon = try DaemonProcess(["--listen", "127.0.0.1:\(port)", "--upstream", "127.0.0.1:\(try unusedPort())", "--no-metrics"])
+        #expect(await daemon.waitForLog("started"))
+        let clients = 300
+        let start = ContinuousClock.now
+        for _ in 0..<clients {
+            #expect(await RawClient.run(port: port, send: 1, halfClose: true).received == 0)
+        }
+        // At most a full line and then a line a second per loop (two), however slow the
+        // machine (a sanitizer) made the clients: one line per failure would be 300.
+        let allowedLines = 2 * (Int((ContinuousClock.now - start).components.seconds) + 3)
+        // The last summary comes within a second of the last failure: look until the counts
+        // cover every client, for at most 10 s.
+        var lines: [Substring] = []
+        var logged = 0
+        let deadline = ContinuousClock.now + .seconds(10)
+        while logged < clients && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+            lines = daemon.standardError.split(separator: "\n").filter { $0.contains("upstream connect failed") }
+            logged = lines.reduce(0) { total, line in
+                if line.contains("upstream connect failed; closing client") { return total + 1 }
+                guard let range = line.range(of: #"failed (\d+) more times"#, options: .regularExpression) else { return total }
+                return total + (Int(line[range].split(separator: " ")[1]) ?? 0)
+            }
+        }
+        #expect(logged == clients, "\(lines.joined(separator: "\n"))")
+        #expect(lines.count <= allowedLines, "\(lines.joined(separator: "\n"))")
+        #expect(lines.first?.contains("error=Connection refused") == true)
+        #expect(lines.contains { $0.contains("reasons=refused=") })
+        daemon.signal(SIGTERM)
+        await daemon.expectCleanExit()
+    }
 }
 
 /// A listening socket with a backlog of 0 that already holds the connections its queue can

@@ -538,9 +538,9 @@ final class HTTPProxyConnection: TrackedConnection {
                 let reason = UpstreamFailureReason(error)
                 listener.metrics.connectFailures(reason).increment()
                 metrics.upstreamErrors[HTTPUpstreamError(connectFailure: reason)]!.increment()
-                logger.warning(
-                    "upstream connect failed",
-                    metadata: ["conn.id": "\(id)", "upstream": "\(listener.rule.upstream)", "reason": "\(reason.rawValue)"])
+                tracker.connectFailures.failed(
+                    reason, error: error, connection: id, upstream: "\(listener.rule.upstream)",
+                    message: "upstream connect failed; answering 502", logger: logger)
                 if let exchange {
                     fail(exchange, 502, "faultline: cannot connect to the upstream \(listener.rule.upstream) (\(reason.rawValue))\n")
                 }

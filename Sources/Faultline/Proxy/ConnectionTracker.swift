@@ -50,6 +50,9 @@ final class ConnectionTracker: @unchecked Sendable {
     /// `http` listeners: upstream connections kept between clients (empty for `tcp`).
     let upstreamPool = HTTPUpstreamPool()
 
+    /// Upstream connect failures, logged about once a second however many there are.
+    let connectFailures: ConnectFailureLog
+
     /// The random source of this loop's fault decisions for the listener.
     var random: FaultRandom
 
@@ -65,6 +68,7 @@ final class ConnectionTracker: @unchecked Sendable {
     /// of the loop count.
     init(eventLoop: EventLoop, loopIndex: Int, loopCount: Int, seed: UInt64) {
         self.eventLoop = eventLoop
+        self.connectFailures = ConnectFailureLog(eventLoop: eventLoop)
         self.random = FaultRandom(seed: seed &+ UInt64(loopIndex) &* 0x9E37_79B9)
         self.nextID = UInt64(loopIndex) + 1
         self.idStride = UInt64(loopCount)

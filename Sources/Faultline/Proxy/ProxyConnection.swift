@@ -315,12 +315,9 @@ final class ProxyConnection: TrackedConnection {
     private func dialFailed(_ error: any Error) {
         let reason = UpstreamFailureReason(error)
         listener.metrics.connectFailures(reason).increment()
-        logger.warning(
-            "upstream connect failed; closing client",
-            metadata: [
-                "conn.id": "\(id)", "upstream": "\(listener.rule.upstream)", "reason": "\(reason.rawValue)",
-                "error": "\(error)",
-            ])
+        tracker.connectFailures.failed(
+            reason, error: error, connection: id, upstream: "\(listener.rule.upstream)",
+            message: "upstream connect failed; closing client", logger: logger)
         upstreamHandler = nil
         upstreamChannel = nil
         state = .closed
