@@ -111,11 +111,11 @@ struct UpstreamFailureTests {
         let deadline = ContinuousClock.now + .seconds(10)
         while logged < clients && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(100))
-            lines = daemon.standardError.split(separator: "\n").filter { $0.contains("upstream connect failed") }
+            lines = daemon.standardError.split(separator: "\n").filter { $0.contains("upstream") && $0.contains("warning") }
             logged = lines.reduce(0) { total, line in
                 if line.contains("upstream connect failed; closing client") { return total + 1 }
-                guard let range = line.range(of: #"failed (\d+) more times"#, options: .regularExpression) else { return total }
-                return total + (Int(line[range].split(separator: " ")[1]) ?? 0)
+                guard let range = line.range(of: #"\d+ more upstream failures"#, options: .regularExpression) else { return total }
+                return total + (Int(line[range].split(separator: " ")[0]) ?? 0)
             }
         }
         #expect(logged == clients, "\(lines.joined(separator: "\n"))")

@@ -205,8 +205,10 @@ final class HTTPProxyConnection: TrackedConnection {
             exchange.responseDeadline = nil
             if !exchange.responseHeadReceived {
                 metrics.upstreamErrors[.responseTimeout]!.increment()
-                logger.warning(
-                    "upstream did not answer in time", metadata: ["conn.id": "\(id)", "timeout": "\(settings.responseTimeout)"])
+                tracker.upstreamFailures.failed(
+                    "response_timeout", connection: id, upstream: "\(listener.rule.upstream)",
+                    message: "upstream did not answer within \(DurationText.format(settings.responseTimeout)); answering 504",
+                    logger: logger)
                 closeUpstream()
                 fail(exchange, 504, "faultline: upstream did not answer within \(DurationText.format(settings.responseTimeout))\n")
                 return
@@ -538,8 +540,8 @@ final class HTTPProxyConnection: TrackedConnection {
                 let reason = UpstreamFailureReason(error)
                 listener.metrics.connectFailures(reason).increment()
                 metrics.upstreamErrors[HTTPUpstreamError(connectFailure: reason)]!.increment()
-                tracker.connectFailures.failed(
-                    reason, error: error, connection: id, upstream: "\(listener.rule.upstream)",
+                tracker.upstreamFailures.failed(
+                    reason.rawValue, error: error, connection: id, upstream: "\(listener.rule.upstream)",
                     message: "upstream connect failed; answering 502", logger: logger)
                 if let exchange {
                     fail(exchange, 502, "faultline: cannot connect to the upstream \(listener.rule.upstream) (\(reason.rawValue))\n")

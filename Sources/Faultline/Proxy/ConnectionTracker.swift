@@ -50,8 +50,8 @@ final class ConnectionTracker: @unchecked Sendable {
     /// `http` listeners: upstream connections kept between clients (empty for `tcp`).
     let upstreamPool = HTTPUpstreamPool()
 
-    /// Upstream connect failures, logged about once a second however many there are.
-    let connectFailures: ConnectFailureLog
+    /// Upstream failures, logged about once a second however many there are.
+    let upstreamFailures: UpstreamFailureLog
 
     /// The random source of this loop's fault decisions for the listener.
     var random: FaultRandom
@@ -68,7 +68,7 @@ final class ConnectionTracker: @unchecked Sendable {
     /// of the loop count.
     init(eventLoop: EventLoop, loopIndex: Int, loopCount: Int, seed: UInt64) {
         self.eventLoop = eventLoop
-        self.connectFailures = ConnectFailureLog(eventLoop: eventLoop)
+        self.upstreamFailures = UpstreamFailureLog(eventLoop: eventLoop)
         self.random = FaultRandom(seed: seed &+ UInt64(loopIndex) &* 0x9E37_79B9)
         self.nextID = UInt64(loopIndex) + 1
         self.idStride = UInt64(loopCount)

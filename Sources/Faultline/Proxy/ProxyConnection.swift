@@ -315,8 +315,8 @@ final class ProxyConnection: TrackedConnection {
     private func dialFailed(_ error: any Error) {
         let reason = UpstreamFailureReason(error)
         listener.metrics.connectFailures(reason).increment()
-        tracker.connectFailures.failed(
-            reason, error: error, connection: id, upstream: "\(listener.rule.upstream)",
+        tracker.upstreamFailures.failed(
+            reason.rawValue, error: error, connection: id, upstream: "\(listener.rule.upstream)",
             message: "upstream connect failed; closing client", logger: logger)
         upstreamHandler = nil
         upstreamChannel = nil

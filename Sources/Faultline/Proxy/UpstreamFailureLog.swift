@@ -6,23 +6,23 @@ import NIOPosix
 import Glibc
 #endif
 
-/// The log of one listener's upstream connect failures on one loop, kept from flooding: an
-/// upstream that is down while clients retry fails tens of thousands of dials a second, and a
-/// line each (24,000 lines, 5 MB of log a second, measured) would cost the daemon a third more
-/// CPU per connection and fill the journal. The first failure is logged in full; the ones in
-/// the second after it are counted by reason and logged as one line when that second ends,
-/// and so on while failures go on: about one line a second per loop however many there are. Every
-/// failure is still counted in `faultline_upstream_connect_failures_total`.
+/// The log of one listener's upstream failures on one loop (dials that fail, responses past
+/// their timeout), kept from flooding: an upstream that is down while clients retry fails tens
+/// of thousands of dials a second, and a line each (24,000 lines, 5 MB of log a second,
+/// measured) would cost the daemon a third more CPU per connection and fill the journal. The
+/// first failure is logged in full; the ones in the second after it are counted by reason and
+/// logged as one line when that second ends, and so on while failures go on: about one line a
+/// second per loop however many there are. Every failure is still counted in its metric.
 ///
 /// Confined to the tracker's loop, like the tracker that owns it.
-final class ConnectFailureLog {
+final class UpstreamFailureLog {
     static let window = TimeAmount.seconds(1)
 
     private let eventLoop: EventLoop
     /// Failures until then are counted, not logged one by one.
     private var quietUntil = NIODeadline.uptimeNanoseconds(0)
     /// Failures counted since the last line, by reason; a summary is due while not empty.
-    private var counted: [UpstreamFailureReason: Int] = [:]
+    private var counted: [String: Int] = [:]
     private var summaryLogger: Logger?
     private var summaryUpstream = ""
 
@@ -33,18 +33,15 @@ final class ConnectFailureLog {
     /// `message` is the line for a failure logged on its own; the summary says how many more
     /// failed, for what reasons.
     func failed(
-        _ reason: UpstreamFailureReason, error: any Error, connection id: UInt64, upstream: String,
+        _ reason: String, error: (any Error)? = nil, connection id: UInt64, upstream: String,
         message: Logger.Message, logger: Logger
     ) {
         guard logger.logLevel <= .warning else { return }
         let now = NIODeadline.now()
         if counted.isEmpty && now >= quietUntil {
-            logger.warning(
-                message,
-                metadata: [
-                    "conn.id": "\(id)", "upstream": "\(upstream)", "reason": "\(reason.rawValue)",
-                    "error": "\(Self.describe(error))",
-                ])
+            var metadata: Logger.Metadata = ["conn.id": "\(id)", "upstream": "\(upstream)", "reason": "\(reason)"]
+            if let error { metadata["error"] = "\(Self.describe(error))" }
+            logger.warning(message, metadata: metadata)
             quietUntil = now + Self.window
             return
         }
@@ -59,9 +56,9 @@ final class ConnectFailureLog {
     private func logSummary() {
         guard let logger = summaryLogger, !counted.isEmpty else { return }
         let total = counted.values.reduce(0, +)
-        let reasons = counted.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue)=\($0.value)" }
+        let reasons = counted.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
         logger.warning(
-            "upstream connect failed \(total) more times in the last second",
+            "\(total) more upstream failures in the last second",
             metadata: ["upstream": "\(summaryUpstream)", "reasons": "\(reasons.joined(separator: " "))"])
         counted.removeAll(keepingCapacity: true)
         quietUntil = NIODeadline.now() + Self.window
