@@ -4,7 +4,12 @@ import Testing
 /// Each class of rule error, with its exact message, line and column.
 struct RuleFileParserTests {
     func errors(_ text: String, file: String = "rules/api.yaml") -> [String] {
-        switch RuleLoader.load(sources: [(file, text)]) {
+        errors(of: [(file, text)])
+    }
+
+    /// The errors of a rule folder given as (file, text) pairs; none when it loads.
+    func errors(of sources: [(file: String, text: String)]) -> [String] {
+        switch RuleLoader.load(sources: sources) {
         case .success: return []
         case .failure(let errors): return errors.errors.map(\.description)
         }
@@ -165,12 +170,7 @@ struct RuleFileParserTests {
                 listen: 0.0.0.0:8080
                 upstream: 127.0.0.1:9000
             """
-        let result = RuleLoader.load(sources: [("rules/a.yaml", a), ("rules/b.yaml", b)])
-        guard case .failure(let errors) = result else {
-            Issue.record("expected errors")
-            return
-        }
-        #expect(errors.errors.map(\.description) == [
+        #expect(errors(of: [("rules/a.yaml", a), ("rules/b.yaml", b)]) == [
             #"rules/b.yaml:3:5: listener "api" is already declared at rules/a.yaml:2:5"#,
             #"rules/b.yaml:6:5: listener "other" listens on 0.0.0.0:8080, as does "api" (rules/a.yaml:2:5)"#,
         ])
@@ -212,12 +212,7 @@ struct RuleFileParserTests {
                 upstream: 127.0.0.1:9000
                 timeouts: {idle: forever}
             """
-        let result = RuleLoader.load(sources: [("rules/b.yaml", b), ("rules/a.yaml", a)])
-        guard case .failure(let errors) = result else {
-            Issue.record("expected errors")
-            return
-        }
-        #expect(errors.errors.map(\.description) == [
+        #expect(errors(of: [("rules/b.yaml", b), ("rules/a.yaml", a)]) == [
             #"rules/a.yaml:5:22: listeners[0].timeouts.idle: "forever" is not a duration (write it with a unit: 250ms, 1.5s, 2m)"#,
             #"rules/b.yaml:2:5: fault "slow" names listener "missing", which is not declared"#,
             #"rules/b.yaml:7:18: faults[1].probability: 140% is outside 0 to 1"#,
