@@ -41,18 +41,7 @@ public final class ProxyService: Service, Sendable {
     /// Starts every listener of `rules`. Either all of them listen or none does: a listener
     /// that cannot bind stops the ones already started.
     func start(_ rules: RuleSet) async throws {
-        var started: [ProxyListener] = []
-        do {
-            for rule in rules.listeners {
-                started.append(
-                    try await ProxyListener.start(
-                        rule: rule, faults: rules.faults(forListener: rule.name), group: group, metrics: metrics,
-                        authorities: authorities, seed: seed, steering: steering, logger: logger))
-            }
-        } catch {
-            for listener in started { await listener.stopAccepting() }
-            throw error
-        }
+        let started = try await startAll(rules.listeners, of: rules)
         listenersByName.withLockedValue { listeners in
             for listener in started { listeners[listener.name] = listener }
         }
@@ -89,9 +78,23 @@ public final class ProxyService: Service, Sendable {
         }
         // A new listener on the address of one being removed binds beside it (SO_REUSEPORT)
         // before the old one closes, so that the address never refuses a client.
+        let started = try await startAll(toStart, of: rules)
+        for (listener, rule) in toUpdate {
+            try await listener.update(rule: rule, faults: rules.faults(forListener: rule.name), metrics: metrics)
+        }
+        listenersByName.withLockedValue { listeners in
+            for listener in toRetire where listeners[listener.name] === listener { listeners[listener.name] = nil }
+            for listener in started { listeners[listener.name] = listener }
+        }
+        for listener in toRetire { await retire(listener) }
+    }
+
+    /// Starts a listener for each of `listenerRules` (with its faults from `rules`), all or none:
+    /// when one cannot bind, the ones started before it stop accepting and the error is thrown.
+    private func startAll(_ listenerRules: [ListenerRule], of rules: RuleSet) async throws -> [ProxyListener] {
         var started: [ProxyListener] = []
         do {
-            for rule in toStart {
+            for rule in listenerRules {
                 started.append(
                     try await ProxyListener.start(
                         rule: rule, faults: rules.faults(forListener: rule.name), group: group, metrics: metrics,
@@ -101,14 +104,7 @@ public final class ProxyService: Service, Sendable {
             for listener in started { await listener.stopAccepting() }
             throw error
         }
-        for (listener, rule) in toUpdate {
-            try await listener.update(rule: rule, faults: rules.faults(forListener: rule.name), metrics: metrics)
-        }
-        listenersByName.withLockedValue { listeners in
-            for listener in toRetire where listeners[listener.name] === listener { listeners[listener.name] = nil }
-            for listener in started { listeners[listener.name] = listener }
-        }
-        for listener in toRetire { await retire(listener) }
+        return started
     }
 
     /// Stops accepting on `listener` and forgets it once its last connection has ended.
