@@ -17,7 +17,7 @@ final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// Bytes read behind a request that asked for `Upgrade`: the tunnel's if the upstream
     /// switches protocols (passed on when this handler is removed), HTTP again if not.
     private var heldForUpgrade: ByteBuffer?
-    private var readHeld = false
+    private var readGate = ReadGate()
     private var inactive = false
     /// The channel's writability as its events said: NIO reports every change, and at once for
     /// the write that fills the channel's buffer. Asked on every forwarded part and read, so it
@@ -117,17 +117,11 @@ final class HTTPClientSideHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     func read(context: ChannelHandlerContext) {
         // Waiting to hear whether the upstream switches protocols: one read's bytes at most are held.
-        if connection.mayReadClient(), !framer.isWaitingForUpgrade {
-            context.read()
-        } else {
-            readHeld = true
-        }
+        readGate.read(context, allowed: connection.mayReadClient() && !framer.isWaitingForUpgrade)
     }
 
     func resumeReading() {
-        guard readHeld, let context else { return }
-        readHeld = false
-        context.read()
+        readGate.resume(context)
     }
 
     func write(_ bytes: ByteBuffer) {
@@ -170,7 +164,7 @@ final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandl
     private(set) var generation: Int
     private var pool: HTTPUpstreamPool?
     private(set) var context: ChannelHandlerContext?
-    private var readHeld = false
+    private var readGate = ReadGate()
     /// The channel's writability as its events said: NIO reports every change, and at once for
     /// the write that fills the channel's buffer. Asked on every forwarded part and read, so it
     /// is kept here rather than fetched from the channel through the pipeline each time.
@@ -260,18 +254,12 @@ final class HTTPUpstreamSideHandler: ChannelDuplexHandler, RemovableChannelHandl
     }
 
     func read(context: ChannelHandlerContext) {
-        if connection?.mayReadUpstream(generation) ?? true {
-            context.read()
-        } else {
-            readHeld = true
-        }
+        readGate.read(context, allowed: connection?.mayReadUpstream(generation) ?? true)
     }
 
 
     func resumeReading() {
-        guard readHeld, let context else { return }
-        readHeld = false
-        context.read()
+        readGate.resume(context)
     }
 
     /// Writes a request part; a head as `headBytes` when given (the client's own bytes).

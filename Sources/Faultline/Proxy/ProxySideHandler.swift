@@ -12,8 +12,7 @@ final class ProxySideHandler: ChannelDuplexHandler {
     let side: ProxySide
     private let connection: ProxyConnection
     private(set) var context: ChannelHandlerContext?
-    /// A read was asked for while reading was not allowed; it is issued when allowed again.
-    private var readHeld = false
+    private var readGate = ReadGate()
     /// The channel's writability as its events said: NIO reports every change, and at once for
     /// the write that fills the channel's buffer. Asked on every forwarded part and read, so it
     /// is kept here rather than fetched from the channel through the pipeline each time.
@@ -69,20 +68,13 @@ final class ProxySideHandler: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if connection.mayRead(side) {
-            context.read()
-        } else {
-            readHeld = true
-        }
+        readGate.read(context, allowed: connection.mayRead(side))
     }
 
     // MARK: Called by the connection
 
-
     func resumeReading() {
-        guard readHeld, let context else { return }
-        readHeld = false
-        context.read()
+        readGate.resume(context)
     }
 
     func write(_ buffer: ByteBuffer) {
