@@ -153,6 +153,38 @@ struct RuleFileParserTests {
         ])
     }
 
+    /// A name used twice is reported in the same run as the other errors of either declaration,
+    /// not only once both are otherwise right.
+    @Test func duplicateNamesAreReportedBesideOtherErrors() {
+        let a = """
+            listeners:
+              - name: api
+                listen: 127.0.0.1:8080
+                upstream: db
+            faults:
+              - {name: slow, listener: api, latency: {delay: 5x}}
+            """
+        let b = """
+            listeners:
+              - name: api
+                listen: 127.0.0.1:99999
+                upstream: 127.0.0.1:9000
+              - name: api
+                listen: 127.0.0.1:8082
+                upstream: 127.0.0.1:9000
+            faults:
+              - {name: slow, listener: api, refuse: {}}
+            """
+        #expect(errors(of: [("rules/a.yaml", a), ("rules/b.yaml", b)]) == [
+            #"rules/a.yaml:4:15: listeners[0].upstream: "db" is not host:port (it has no port)"#,
+            #"rules/a.yaml:6:50: faults[0].latency.delay: "5x" is not a duration (write it with a unit: 250ms, 1.5s, 2m)"#,
+            #"rules/b.yaml:2:5: listener "api" is already declared at rules/a.yaml:2:5"#,
+            #"rules/b.yaml:3:13: listeners[0].listen: "127.0.0.1:99999" is not host:port (it has a port outside 1-65535)"#,
+            #"rules/b.yaml:5:5: listener "api" is already declared at rules/a.yaml:2:5"#,
+            #"rules/b.yaml:9:5: fault "slow" is already declared at rules/a.yaml:6:5"#,
+        ])
+    }
+
     @Test func duplicateNamesAndAddressesAcrossFiles() {
         let a = """
             listeners:
@@ -358,6 +390,7 @@ struct FaultRuleParsingTests {
             #"rules/f.yaml:13:5: faults[1]: one action per fault, found latency and bandwidth; write two faults"#,
             #"rules/f.yaml:14:5: faults[2]: a fault needs one action: latency, bandwidth, slicer, reset, refuse, blackhole, limit, cut, slow_close, abort, certificate, handshake"#,
             #"rules/f.yaml:16:15: faults[2].clients[0]: "10.0.0.0/33" is not an address block (10.0.0.0/8, 127.0.0.1, ::1/128)"#,
+            #"rules/f.yaml:17:5: fault "c" is already declared at rules/f.yaml:14:5"#,
             #"rules/f.yaml:19:35: faults[3].slicer.variation: must be smaller than size (10)"#,
         ])
         let unknownListener = """

@@ -6,12 +6,15 @@ enum FaultRuleParser {
     static let commonKeys = ["name", "listener", "enabled", "probability", "direction", "clients", "match"]
     static let allKeys = commonKeys + FaultAction.kinds
 
-    static func parse(_ node: Node, path: String, reader: inout NodeReader) -> FaultRule? {
+    /// The fault, or nil with its errors reported; `declaredName` is its name when that much
+    /// is right.
+    static func parse(_ node: Node, path: String, reader: inout NodeReader, declaredName: inout String?) -> FaultRule? {
         guard let fields = reader.fields(node, path: path, allowed: allKeys, required: ["name", "listener"]) else {
             return nil
         }
         let errorsBefore = reader.errors.count
         let name = fields["name"].flatMap { reader.name($0) }
+        declaredName = name
         let listener = fields["listener"].flatMap { reader.name($0) }
         let enabled = fields["enabled"].flatMap { reader.bool($0) } ?? true
         let probability = fields["probability"].flatMap { reader.probability($0) } ?? 1

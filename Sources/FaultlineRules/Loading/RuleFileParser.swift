@@ -11,9 +11,18 @@ public struct RuleFileParser {
         public var listeners: [ListenerRule]
         public var faults: [FaultRule] = []
         public var errors: [RuleError]
-        /// Listeners declared with a name but wrong elsewhere: their errors are reported, and
-        /// a fault naming one is not reported again as naming an undeclared listener.
-        public var invalidListenerNames: [String] = []
+        /// Every listener and fault declared with a usable name, valid or not, in file order:
+        /// a name declared twice is an error even when one of the two has errors of its own,
+        /// and a fault naming a listener that has errors is not reported again as naming an
+        /// undeclared one.
+        public var declaredListeners: [Declaration] = []
+        public var declaredFaults: [Declaration] = []
+    }
+
+    /// A name as declared, and where.
+    public struct Declaration: Sendable {
+        public var name: String
+        public var source: SourceLocation
     }
 
     public static func parse(_ text: String, file: String) -> Result {
@@ -33,14 +42,17 @@ public struct RuleFileParser {
             return Result(listeners: [], errors: [])
         }
         var listeners: [ListenerRule] = []
-        var invalidListenerNames: [String] = []
         var faults: [FaultRule] = []
+        var declaredListeners: [Declaration] = []
+        var declaredFaults: [Declaration] = []
         if let top = reader.fields(root, path: "", allowed: topLevelKeys) {
             if let entry = top["faults"], let items = reader.sequence(entry) {
                 for (index, item) in items.enumerated() {
-                    if let fault = FaultRuleParser.parse(item, path: "faults[\(index)]", reader: &reader) {
+                    var name: String?
+                    if let fault = FaultRuleParser.parse(item, path: "faults[\(index)]", reader: &reader, declaredName: &name) {
                         faults.append(fault)
                     }
+                    if let name { declaredFaults.append(Declaration(name: name, source: reader.location(of: item))) }
                 }
             }
             if let entry = top["listeners"], let items = reader.sequence(entry) {
@@ -48,13 +60,14 @@ public struct RuleFileParser {
                     var name: String?
                     if let listener = parseListener(item, path: "listeners[\(index)]", reader: &reader, declaredName: &name) {
                         listeners.append(listener)
-                    } else if let name {
-                        invalidListenerNames.append(name)
                     }
+                    if let name { declaredListeners.append(Declaration(name: name, source: reader.location(of: item))) }
                 }
             }
         }
-        return Result(listeners: listeners, faults: faults, errors: reader.errors, invalidListenerNames: invalidListenerNames)
+        return Result(
+            listeners: listeners, faults: faults, errors: reader.errors,
+            declaredListeners: declaredListeners, declaredFaults: declaredFaults)
     }
 
     /// The listener, or nil with its errors reported; `declaredName` is its name when that much

@@ -56,33 +56,50 @@ public enum RuleLoader {
     public static func load(sources: [(file: String, text: String)]) -> Result<RuleSet, RuleErrors> {
         var errors: [RuleError] = []
         var listeners: [ListenerRule] = []
-        var invalidListenerNames: [String] = []
         var faults: [FaultRule] = []
+        var declaredListeners: [RuleFileParser.Declaration] = []
+        var declaredFaults: [RuleFileParser.Declaration] = []
         for source in sources {
             let parsed = RuleFileParser.parse(source.text, file: source.file)
             errors += parsed.errors
             listeners += parsed.listeners
-            invalidListenerNames += parsed.invalidListenerNames
             faults += parsed.faults
+            declaredListeners += parsed.declaredListeners
+            declaredFaults += parsed.declaredFaults
         }
-        errors += crossFileErrors(listeners)
-        errors += faultErrors(faults, listeners: listeners, knownListeners: invalidListenerNames)
+        // Names are checked over every declaration, so that a name used twice is reported in
+        // the same run as the other errors of either declaration.
+        errors += duplicateNameErrors(declaredListeners, kind: "listener")
+        errors += duplicateNameErrors(declaredFaults, kind: "fault")
+        errors += crossFileErrors(listeners, checkingNames: false)
+        errors += faultErrors(
+            faults, listeners: listeners, knownListeners: declaredListeners.map(\.name), checkingNames: false)
         if !errors.isEmpty { return .failure(RuleErrors(errors)) }
         return .success(RuleSet(listeners: listeners, faults: faults, files: sources.map(\.file)))
     }
 
-    /// Checks between listeners, wherever they were declared.
-    static func crossFileErrors(_ listeners: [ListenerRule]) -> [RuleError] {
+    /// Every declaration of a name after its first, as an error.
+    static func duplicateNameErrors(_ declarations: [RuleFileParser.Declaration], kind: String) -> [RuleError] {
+        var first: [String: SourceLocation] = [:]
         var errors: [RuleError] = []
-        var byName: [String: ListenerRule] = [:]
+        for declaration in declarations {
+            if let earlier = first[declaration.name] {
+                errors.append(RuleError(
+                    "\(kind) \"\(declaration.name)\" is already declared at \(earlier)", at: declaration.source))
+            } else {
+                first[declaration.name] = declaration.source
+            }
+        }
+        return errors
+    }
+
+    /// Checks between listeners, wherever they were declared: one listener per address and,
+    /// with `checkingNames`, unique names.
+    static func crossFileErrors(_ listeners: [ListenerRule], checkingNames: Bool = true) -> [RuleError] {
+        var errors = checkingNames
+            ? duplicateNameErrors(listeners.map { .init(name: $0.name, source: $0.source) }, kind: "listener") : []
         var byAddress: [HostPort: ListenerRule] = [:]
         for listener in listeners {
-            if let first = byName[listener.name] {
-                errors.append(RuleError(
-                    "listener \"\(listener.name)\" is already declared at \(first.source)", at: listener.source))
-            } else {
-                byName[listener.name] = listener
-            }
             if listener.listen.port != 0 {
                 let wildcard = listener.listen.host == "0.0.0.0" || listener.listen.host == "::"
                 let clash = byAddress[listener.listen]
@@ -103,11 +120,14 @@ public enum RuleLoader {
         return errors
     }
 
-    /// Checks between faults and listeners: unique fault names, known listeners.
-    /// `knownListeners` adds listeners declared elsewhere (runtime ones) to those in `listeners`.
-    public static func faultErrors(_ faults: [FaultRule], listeners: [ListenerRule], knownListeners: [String] = []) -> [RuleError] {
-        var errors: [RuleError] = []
-        var byName: [String: FaultRule] = [:]
+    /// Checks between faults and listeners: known listeners and, with `checkingNames`, unique
+    /// fault names. `knownListeners` adds listeners declared elsewhere (runtime ones, or ones
+    /// with errors of their own) to those in `listeners`.
+    public static func faultErrors(
+        _ faults: [FaultRule], listeners: [ListenerRule], knownListeners: [String] = [], checkingNames: Bool = true
+    ) -> [RuleError] {
+        var errors = checkingNames
+            ? duplicateNameErrors(faults.map { .init(name: $0.name, source: $0.source) }, kind: "fault") : []
         let listenerNames = listeners.map(\.name) + knownListeners
         let listenersByName = Dictionary(listeners.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         for fault in faults {
@@ -122,11 +142,6 @@ public enum RuleLoader {
                 default:
                     break
                 }
-            }
-            if let first = byName[fault.name] {
-                errors.append(RuleError("fault \"\(fault.name)\" is already declared at \(first.source)", at: fault.source))
-            } else {
-                byName[fault.name] = fault
             }
             if !listenerNames.contains(fault.listener) {
                 var message = "fault \"\(fault.name)\" names listener \"\(fault.listener)\", which is not declared"
@@ -229,7 +244,8 @@ extension RuleLoader {
             return .failure(RuleErrors([RuleError("expected a fault rule, found nothing", at: SourceLocation(file: source, line: 1, column: 1))]))
         }
         var reader = NodeReader(file: source)
-        let fault = FaultRuleParser.parse(node, path: "", reader: &reader)
+        var name: String?
+        let fault = FaultRuleParser.parse(node, path: "", reader: &reader, declaredName: &name)
         if let fault, reader.errors.isEmpty { return .success(fault) }
         return .failure(RuleErrors(reader.errors))
     }
