@@ -19,10 +19,21 @@ public struct RuleFileParser {
         public var declaredFaults: [Declaration] = []
     }
 
-    /// A name as declared, and where.
+    /// A name as declared, and where; for a listener, its listen address when that is right.
     public struct Declaration: Sendable {
         public var name: String
         public var source: SourceLocation
+        public var listen: HostPort?
+
+        init(name: String, source: SourceLocation, listen: HostPort? = nil) {
+            self.name = name
+            self.source = source
+            self.listen = listen
+        }
+
+        init(_ listener: ListenerRule) {
+            self.init(name: listener.name, source: listener.source, listen: listener.listen)
+        }
     }
 
     public static func parse(_ text: String, file: String) -> Result {
@@ -57,11 +68,11 @@ public struct RuleFileParser {
             }
             if let entry = top["listeners"], let items = reader.sequence(entry) {
                 for (index, item) in items.enumerated() {
-                    var name: String?
-                    if let listener = parseListener(item, path: "listeners[\(index)]", reader: &reader, declaredName: &name) {
+                    var declaration: Declaration?
+                    if let listener = parseListener(item, path: "listeners[\(index)]", reader: &reader, declaration: &declaration) {
                         listeners.append(listener)
                     }
-                    if let name { declaredListeners.append(Declaration(name: name, source: reader.location(of: item))) }
+                    if let declaration { declaredListeners.append(declaration) }
                 }
             }
         }
@@ -70,19 +81,22 @@ public struct RuleFileParser {
             declaredListeners: declaredListeners, declaredFaults: declaredFaults)
     }
 
-    /// The listener, or nil with its errors reported; `declaredName` is its name when that much
-    /// is right.
-    static func parseListener(_ node: Node, path: String, reader: inout NodeReader, declaredName: inout String?) -> ListenerRule? {
+    /// The listener, or nil with its errors reported; `declaration` is its name (and listen
+    /// address) when that much is right.
+    static func parseListener(
+        _ node: Node, path: String, reader: inout NodeReader, declaration: inout Declaration?
+    ) -> ListenerRule? {
         guard
             let fields = reader.fields(node, path: path, allowed: listenerKeys, required: ["name", "listen", "upstream"])
         else { return nil }
         let errorsBefore = reader.errors.count
         let name = fields["name"].flatMap { reader.name($0) }
-        declaredName = name
-        let listen = fields["listen"].flatMap { reader.hostPort($0, allowPortZero: true) }
-        if let listen, let entry = fields["listen"], !listen.isIPLiteral, listen.host != "localhost" {
-            reader.report("\(entry.path): \"\(listen)\" must listen on an IP address or localhost", at: entry.value)
+        var listen = fields["listen"].flatMap { reader.hostPort($0, allowPortZero: true) }
+        if let address = listen, let entry = fields["listen"], !address.isIPLiteral, address.host != "localhost" {
+            reader.report("\(entry.path): \"\(address)\" must listen on an IP address or localhost", at: entry.value)
+            listen = nil
         }
+        if let name { declaration = Declaration(name: name, source: reader.location(of: node), listen: listen) }
         let upstream = fields["upstream"].flatMap { reader.hostPort($0, allowPortZero: false) }
         var proto = ListenerProtocol.tcp
         if let entry = fields["protocol"], let value = reader.oneOf(entry, ListenerProtocol.self) {

@@ -69,9 +69,8 @@ public enum RuleLoader {
         }
         // Names are checked over every declaration, so that a name used twice is reported in
         // the same run as the other errors of either declaration.
-        errors += duplicateNameErrors(declaredListeners, kind: "listener")
+        errors += listenerErrors(declaredListeners)
         errors += duplicateNameErrors(declaredFaults, kind: "fault")
-        errors += crossFileErrors(listeners, checkingNames: false)
         errors += faultErrors(
             faults, listeners: listeners, knownListeners: declaredListeners.map(\.name), checkingNames: false)
         if !errors.isEmpty { return .failure(RuleErrors(errors)) }
@@ -93,28 +92,32 @@ public enum RuleLoader {
         return errors
     }
 
-    /// Checks between listeners, wherever they were declared: one listener per address and,
-    /// with `checkingNames`, unique names.
-    static func crossFileErrors(_ listeners: [ListenerRule], checkingNames: Bool = true) -> [RuleError] {
-        var errors = checkingNames
-            ? duplicateNameErrors(listeners.map { .init(name: $0.name, source: $0.source) }, kind: "listener") : []
-        var byAddress: [HostPort: ListenerRule] = [:]
+    /// Checks between listeners, wherever they were declared: unique names, one listener per
+    /// address.
+    static func crossFileErrors(_ listeners: [ListenerRule]) -> [RuleError] {
+        listenerErrors(listeners.map(RuleFileParser.Declaration.init))
+    }
+
+    /// The same over declarations, valid or not, so that these errors come in the same run as
+    /// the declarations' own.
+    static func listenerErrors(_ listeners: [RuleFileParser.Declaration]) -> [RuleError] {
+        var errors = duplicateNameErrors(listeners, kind: "listener")
+        var byAddress: [HostPort: RuleFileParser.Declaration] = [:]
         for listener in listeners {
-            if listener.listen.port != 0 {
-                let wildcard = listener.listen.host == "0.0.0.0" || listener.listen.host == "::"
-                let clash = byAddress[listener.listen]
-                    ?? byAddress.first { (address, _) in
-                        address.port == listener.listen.port
-                            && (wildcard || address.host == "0.0.0.0" || address.host == "::")
-                            && address.isIPv6Literal == listener.listen.isIPv6Literal
-                    }?.value
-                if let clash {
-                    errors.append(RuleError(
-                        "listener \"\(listener.name)\" listens on \(listener.listen), as does \"\(clash.name)\" (\(clash.source))",
-                        at: listener.source))
-                } else {
-                    byAddress[listener.listen] = listener
-                }
+            guard let listen = listener.listen, listen.port != 0 else { continue }
+            let wildcard = listen.host == "0.0.0.0" || listen.host == "::"
+            let clash = byAddress[listen]
+                ?? byAddress.first { (address, _) in
+                    address.port == listen.port
+                        && (wildcard || address.host == "0.0.0.0" || address.host == "::")
+                        && address.isIPv6Literal == listen.isIPv6Literal
+                }?.value
+            if let clash {
+                errors.append(RuleError(
+                    "listener \"\(listener.name)\" listens on \(listen), as does \"\(clash.name)\" (\(clash.source))",
+                    at: listener.source))
+            } else {
+                byAddress[listen] = listener
             }
         }
         return errors
