@@ -6,15 +6,17 @@ enum FaultRuleParser {
     static let commonKeys = ["name", "listener", "enabled", "probability", "direction", "clients", "match"]
     static let allKeys = commonKeys + FaultAction.kinds
 
-    /// The fault, or nil with its errors reported; `declaredName` is its name when that much
-    /// is right.
-    static func parse(_ node: Node, path: String, reader: inout NodeReader, declaredName: inout String?) -> FaultRule? {
+    /// The fault, or nil with its errors reported; `declaration` is its name when that much is
+    /// right.
+    static func parse(
+        _ node: Node, path: String, reader: inout NodeReader, declaration: inout RuleFileParser.Declaration?
+    ) -> FaultRule? {
         guard let fields = reader.fields(node, path: path, allowed: allKeys, required: ["name", "listener"]) else {
             return nil
         }
         let errorsBefore = reader.errors.count
         let name = fields["name"].flatMap { reader.name($0) }
-        declaredName = name
+        if let name { declaration = .init(name: name, source: reader.location(of: node)) }
         let listener = fields["listener"].flatMap { reader.name($0) }
         let enabled = fields["enabled"].flatMap { reader.bool($0) } ?? true
         let probability = fields["probability"].flatMap { reader.probability($0) } ?? 1

@@ -59,11 +59,11 @@ public struct RuleFileParser {
         if let top = reader.fields(root, path: "", allowed: topLevelKeys) {
             if let entry = top["faults"], let items = reader.sequence(entry) {
                 for (index, item) in items.enumerated() {
-                    var name: String?
-                    if let fault = FaultRuleParser.parse(item, path: "faults[\(index)]", reader: &reader, declaredName: &name) {
+                    var declaration: Declaration?
+                    if let fault = FaultRuleParser.parse(item, path: "faults[\(index)]", reader: &reader, declaration: &declaration) {
                         faults.append(fault)
                     }
-                    if let name { declaredFaults.append(Declaration(name: name, source: reader.location(of: item))) }
+                    if let declaration { declaredFaults.append(declaration) }
                 }
             }
             if let entry = top["listeners"], let items = reader.sequence(entry) {

@@ -247,8 +247,8 @@ extension RuleLoader {
             return .failure(RuleErrors([RuleError("expected a fault rule, found nothing", at: SourceLocation(file: source, line: 1, column: 1))]))
         }
         var reader = NodeReader(file: source)
-        var name: String?
-        let fault = FaultRuleParser.parse(node, path: "", reader: &reader, declaredName: &name)
+        var declaration: RuleFileParser.Declaration?
+        let fault = FaultRuleParser.parse(node, path: "", reader: &reader, declaration: &declaration)
         if let fault, reader.errors.isEmpty { return .success(fault) }
         return .failure(RuleErrors(reader.errors))
     }
