@@ -185,6 +185,37 @@ struct RuleFileParserTests {
         ])
     }
 
+    /// Faults are checked against what is right of a listener with errors: its protocol when
+    /// that is known, and whether it has a `tls:` block; nothing is reported that follows only
+    /// from the listener's own error.
+    @Test func faultsAreCheckedAgainstListenersWithErrors() {
+        let text = """
+            listeners:
+              - name: web
+                protocol: http
+                listen: 127.0.0.1:8080
+                upstream: db
+              - name: typo
+                protocol: htp
+                listen: 127.0.0.1:8081
+                upstream: 127.0.0.1:9000
+              - name: secure
+                listen: 127.0.0.1:8443
+                upstream: 127.0.0.1:9000
+                tls: {names: []}
+            faults:
+              - {name: slices, listener: web, slicer: {size: 10, delay: 1ms}}
+              - {name: aborts, listener: typo, abort: {status: 503}}
+              - {name: expired, listener: secure, certificate: {kind: expired}}
+            """
+        #expect(errors(of: [("rules/api.yaml", text)]) == [
+            #"rules/api.yaml:5:15: listeners[0].upstream: "db" is not host:port (it has no port)"#,
+            #"rules/api.yaml:7:15: listeners[1].protocol: "htp" is not one of tcp, http; did you mean "http"?"#,
+            #"rules/api.yaml:13:18: listeners[2].tls.names: give at least one name"#,
+            #"rules/api.yaml:15:5: fault "slices": slicer acts on TCP listeners; on an http listener use one of latency, abort, reset, limit, blackhole, bandwidth, certificate, handshake"#,
+        ])
+    }
+
     @Test func addressClashIsReportedBesideOtherErrors() {
         let text = """
             listeners:

@@ -19,20 +19,29 @@ public struct RuleFileParser {
         public var declaredFaults: [Declaration] = []
     }
 
-    /// A name as declared, and where; for a listener, its listen address when that is right.
+    /// A name as declared, and where; for a listener also what the checks between listeners
+    /// and faults need, each when that much of the declaration is right.
     public struct Declaration: Sendable {
         public var name: String
         public var source: SourceLocation
         public var listen: HostPort?
+        public var `protocol`: ListenerProtocol?
+        /// Whether the listener has a `tls:` block (right or not: a certificate fault on it is
+        /// not also reported as needing one).
+        public var hasTLS = false
 
-        init(name: String, source: SourceLocation, listen: HostPort? = nil) {
+        init(name: String, source: SourceLocation, listen: HostPort? = nil, protocol: ListenerProtocol? = nil, hasTLS: Bool = false) {
             self.name = name
             self.source = source
             self.listen = listen
+            self.protocol = `protocol`
+            self.hasTLS = hasTLS
         }
 
         init(_ listener: ListenerRule) {
-            self.init(name: listener.name, source: listener.source, listen: listener.listen)
+            self.init(
+                name: listener.name, source: listener.source, listen: listener.listen, protocol: listener.protocol,
+                hasTLS: listener.tls != nil)
         }
     }
 
@@ -81,8 +90,8 @@ public struct RuleFileParser {
             declaredListeners: declaredListeners, declaredFaults: declaredFaults)
     }
 
-    /// The listener, or nil with its errors reported; `declaration` is its name (and listen
-    /// address) when that much is right.
+    /// The listener, or nil with its errors reported; `declaration` is what is right of it when
+    /// at least its name is.
     static func parseListener(
         _ node: Node, path: String, reader: inout NodeReader, declaration: inout Declaration?
     ) -> ListenerRule? {
@@ -96,11 +105,16 @@ public struct RuleFileParser {
             reader.report("\(entry.path): \"\(address)\" must listen on an IP address or localhost", at: entry.value)
             listen = nil
         }
-        if let name { declaration = Declaration(name: name, source: reader.location(of: node), listen: listen) }
         let upstream = fields["upstream"].flatMap { reader.hostPort($0, allowPortZero: false) }
         var proto = ListenerProtocol.tcp
-        if let entry = fields["protocol"], let value = reader.oneOf(entry, ListenerProtocol.self) {
-            proto = value
+        var protoIsKnown = true
+        if let entry = fields["protocol"] {
+            if let value = reader.oneOf(entry, ListenerProtocol.self) { proto = value } else { protoIsKnown = false }
+        }
+        if let name {
+            declaration = Declaration(
+                name: name, source: reader.location(of: node), listen: listen, protocol: protoIsKnown ? proto : nil,
+                hasTLS: fields["tls"] != nil)
         }
         var http = HTTPSettings()
         if let entry = fields["http"] {

@@ -71,8 +71,7 @@ public enum RuleLoader {
         // the same run as the other errors of either declaration.
         errors += listenerErrors(declaredListeners)
         errors += duplicateNameErrors(declaredFaults, kind: "fault")
-        errors += faultErrors(
-            faults, listeners: listeners, knownListeners: declaredListeners.map(\.name), checkingNames: false)
+        errors += faultErrors(faults, listeners: declaredListeners, checkingNames: false)
         if !errors.isEmpty { return .failure(RuleErrors(errors)) }
         return .success(RuleSet(listeners: listeners, faults: faults, files: sources.map(\.file)))
     }
@@ -123,22 +122,30 @@ public enum RuleLoader {
         return errors
     }
 
-    /// Checks between faults and listeners: known listeners and, with `checkingNames`, unique
-    /// fault names. `knownListeners` adds listeners declared elsewhere (runtime ones, or ones
-    /// with errors of their own) to those in `listeners`.
-    public static func faultErrors(
-        _ faults: [FaultRule], listeners: [ListenerRule], knownListeners: [String] = [], checkingNames: Bool = true
+    /// Checks between faults and listeners: unique fault names, known listeners, and what each
+    /// listener's protocol and TLS allow.
+    public static func faultErrors(_ faults: [FaultRule], listeners: [ListenerRule]) -> [RuleError] {
+        faultErrors(faults, listeners: listeners.map(RuleFileParser.Declaration.init))
+    }
+
+    /// The same against listener declarations, valid or not (a listener with errors of its own
+    /// still has a name, and maybe a protocol, that its faults are checked against); names are
+    /// checked only `checkingNames`.
+    static func faultErrors(
+        _ faults: [FaultRule], listeners: [RuleFileParser.Declaration], checkingNames: Bool = true
     ) -> [RuleError] {
         var errors = checkingNames
             ? duplicateNameErrors(faults.map { .init(name: $0.name, source: $0.source) }, kind: "fault") : []
-        let listenerNames = listeners.map(\.name) + knownListeners
+        let listenerNames = listeners.map(\.name)
         let listenersByName = Dictionary(listeners.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         for fault in faults {
             if let listener = listenersByName[fault.listener] {
-                errors += protocolErrors(fault, listenerProtocol: listener.protocol)
+                if let listenerProtocol = listener.protocol {
+                    errors += protocolErrors(fault, listenerProtocol: listenerProtocol)
+                }
                 switch fault.action {
                 case .certificate, .handshake:
-                    if listener.tls == nil {
+                    if !listener.hasTLS {
                         errors.append(RuleError(
                             "fault \"\(fault.name)\": \(fault.action.kind) needs a listener with a tls: block", at: fault.source))
                     }
