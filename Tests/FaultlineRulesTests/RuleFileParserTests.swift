@@ -225,10 +225,14 @@ struct RuleFileParserTests {
               - name: b
                 listen: 127.0.0.1:8080
                 upstream: db
+              - name: c
+                listen: localhost:8080
+                upstream: 127.0.0.1:9000
             """
         #expect(errors(of: [("rules/api.yaml", text)]) == [
             #"rules/api.yaml:5:5: listener "b" listens on 127.0.0.1:8080, as does "a" (rules/api.yaml:2:5)"#,
             #"rules/api.yaml:7:15: listeners[1].upstream: "db" is not host:port (it has no port)"#,
+            #"rules/api.yaml:8:5: listener "c" listens on 127.0.0.1:8080, as does "a" (rules/api.yaml:2:5)"#,
         ])
     }
 

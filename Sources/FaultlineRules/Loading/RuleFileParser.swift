@@ -105,6 +105,8 @@ public struct RuleFileParser {
             reader.report("\(entry.path): \"\(address)\" must listen on an IP address or localhost", at: entry.value)
             listen = nil
         }
+        // localhost binds as 127.0.0.1, and clashes as it too.
+        listen = listen.map { $0.host == "localhost" ? HostPort(host: "127.0.0.1", port: $0.port) : $0 }
         let upstream = fields["upstream"].flatMap { reader.hostPort($0, allowPortZero: false) }
         var proto = ListenerProtocol.tcp
         var protoIsKnown = true
@@ -183,7 +185,7 @@ public struct RuleFileParser {
         guard reader.errors.count == errorsBefore, let name, let listen, let upstream else { return nil }
         return ListenerRule(
             name: name,
-            listen: listen.host == "localhost" ? HostPort(host: "127.0.0.1", port: listen.port) : listen,
+            listen: listen,
             upstream: upstream,
             protocol: proto,
             connectTimeout: connectTimeout,
