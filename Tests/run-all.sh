@@ -3,7 +3,9 @@
 #   1. swift test                      unit and end-to-end tests (real sockets, curl, openssl, built binaries)
 #   2. a short libFuzzer run           the rule parsers (Tests/Fuzz), FUZZ_SECONDS (60)
 #   3. a short soak                    TCP and HTTP load under reloads and fault switching, SOAK_SECONDS (60)
-#   4. swift test under the sanitizers SANITIZERS names (default: address, in .build/asan;
+#   4. the tests on the release build  Tests/build-release.sh's flags, in .build/release-tests
+#                                      (RELEASE_TESTS=0 skips it)
+#   5. swift test under the sanitizers SANITIZERS names (default: address, in .build/asan;
 #      SANITIZERS=address,thread adds ThreadSanitizer in .build/tsan; SANITIZERS=0 skips both)
 # Every step is bounded in time and talks to 127.0.0.1 only.
 set -euo pipefail
@@ -19,6 +21,15 @@ bash Tests/Fuzz/run-fuzz.sh "${FUZZ_SECONDS:-60}"
 
 step "soak for ${SOAK_SECONDS:-60} s"
 python3 Tests/Soak/soak.py --duration "${SOAK_SECONDS:-60}" --faultlined .build/debug/faultlined
+
+if [ "${RELEASE_TESTS:-1}" != 0 ]; then
+    step "the tests on the release build"
+    # The README's release build lets the optimizer inline into unspecialized generic code,
+    # an option the compiler leaves off by default: the suite runs against that code too.
+    bash Tests/build-release.sh --build-tests --scratch-path .build/release-tests
+    "$(bash Tests/build-release.sh --build-tests --scratch-path .build/release-tests --show-bin-path)/faultlinePackageTests.xctest" \
+        --testing-library swift-testing
+fi
 
 sanitizers="${SANITIZERS:-address}"
 [ "$sanitizers" = 1 ] && sanitizers=address

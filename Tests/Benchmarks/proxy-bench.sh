@@ -40,12 +40,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 
-# The release build the README recommends: static Swift runtime, no run-time exclusivity checks.
+# The release build the README recommends (Tests/build-release.sh).
 # FAULTLINED=path measures a binary built already (another scratch path, an installed one).
 if [ -n "${FAULTLINED:-}" ]; then
     faultlined="$FAULTLINED"
 else
-    (cd "$root" && swift build -c release --static-swift-stdlib -Xswiftc -enforce-exclusivity=unchecked --product faultlined >/dev/null)
+    bash "$root/Tests/build-release.sh" --product faultlined >/dev/null
     faultlined="$root/.build/release/faultlined"
 fi
 

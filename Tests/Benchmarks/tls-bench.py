@@ -181,7 +181,7 @@ def main():
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             sys.exit(f"{tool} is missing (Debian: apt-get install wrk haproxy nginx-light openssl)")
     if not os.access(args.faultlined, os.X_OK):
-        sys.exit(f"{args.faultlined} is not built (swift build -c release --static-swift-stdlib -Xswiftc -enforce-exclusivity=unchecked --product faultlined)")
+        sys.exit(f"{args.faultlined} is not built (bash Tests/build-release.sh --product faultlined)")
 
     work = tempfile.mkdtemp(prefix="faultline-tls-bench-")
     os.chmod(work, 0o755)  # nginx workers run as another user
