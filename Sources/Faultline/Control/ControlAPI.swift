@@ -11,6 +11,7 @@ import NIOHTTP1
 ///   GET    /v1/listeners
 ///   GET    /v1/faults                 file and runtime faults, apart, with injections so far
 ///   POST   /v1/faults                 {"fault": {rule}, "for": "30s"}: a runtime fault
+///   GET    /v1/faults/NAME            one fault, as in the list
 ///   DELETE /v1/faults/NAME            removes a runtime fault
 ///   POST   /v1/faults/NAME/enable     {"for": "60s"} optional: reverts by itself after that
 ///   POST   /v1/faults/NAME/disable    likewise
@@ -43,7 +44,11 @@ public struct ControlAPI: Sendable {
     }
 
     func handle(_ request: SmallHTTPRequest) async -> SmallHTTPResponse {
-        let parts = request.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+        // Segments are percent-decoded after the split, so that a name may be sent escaped
+        // (`faultctl` escapes what a path may not hold) and an escaped `/` stays in its segment.
+        let parts = request.path.split(separator: "/", omittingEmptySubsequences: true).map {
+            $0.removingPercentEncoding ?? String($0)
+        }
         do {
             guard parts.first == "v1" else {
                 throw ControlError(.notFound, "not_found", "unknown path \(request.path); the API is under /v1/")
@@ -85,8 +90,9 @@ public struct ControlAPI: Sendable {
                     break
                 }
             case 2 where route[0] == "faults":
-                guard method == .DELETE else { throw notAllowed() }
                 let name = route[1]
+                if method == .GET { return try json(["fault": try await fault(named: name)]) }
+                guard method == .DELETE else { throw notAllowed() }
                 try await change { overlay, files throws(RuntimeOverlay.ChangeError) in try overlay.remove(name, in: files) }
                 return try json(["removed": name])
             case 3 where route[0] == "faults" && (route[2] == "enable" || route[2] == "disable"):

@@ -3,13 +3,17 @@ import Foundation
 
 struct ListCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "list", abstract: "Every fault: from the files and made at run time, shown apart.")
+        commandName: "list",
+        abstract: "Every fault: from the files and made at run time, shown apart.",
+        discussion: "With a NAME, only that fault (exit 3 when there is none): a probe for scripts.")
 
+    @Argument(help: "Only this fault.") var name: String?
     @OptionGroup var control: ControlOptions
 
     func run() async throws {
-        try await control.call(.GET, "/v1/faults") { reply in
-            let faults = reply["faults"] as? [[String: Any]] ?? []
+        let path = name.map { "/v1/faults/\($0.addingPercentEncodingForPath)" } ?? "/v1/faults"
+        try await control.call(.GET, path) { reply in
+            let faults = (reply["fault"] as? [String: Any]).map { [$0] } ?? reply["faults"] as? [[String: Any]] ?? []
             return table(
                 ["FAULT", "LISTENER", "KIND", "SOURCE", "ENABLED", "EXPIRES", "INJECTIONS"],
                 faults.map { fault in

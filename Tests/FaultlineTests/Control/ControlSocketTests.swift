@@ -78,6 +78,15 @@ struct ControlSocketTests {
             #expect(slow?["name"] as? String == "slow")
             #expect(slow?["source"] as? String == "file")
             #expect(slow?["enabled"] as? Bool == false)
+            // One fault by name, its name percent-escaped or not; an unknown one is 404.
+            for path in ["/v1/faults/slow", "/v1/faults/%73low"] {
+                let one = try await api(socket, "GET", path)
+                #expect(one.code == "200", "\(path)")
+                #expect((one.json["fault"] as? [String: Any])?["origin"] as? String == slow?["origin"] as? String)
+            }
+            let unknown = try await api(socket, "GET", "/v1/faults/nope")
+            #expect(unknown.code == "404")
+            #expect((unknown.json["error"] as? [String: Any])?["field"] as? String == "name")
         }
     }
 

@@ -46,6 +46,10 @@ struct FaultctlBinaryTests {
         let object = try JSONSerialization.jsonObject(with: Data(listed.output.utf8)) as? [String: Any]
         #expect((object?["faults"] as? [[String: Any]])?.first?["name"] as? String == "slow")
         #expect(listed.output.split(separator: "\n").count == 1)
+        let one = try await Self.faultctl(["list", "slow"], socket: socket)
+        #expect(one.status == 0)
+        #expect(one.output.split(separator: "\n").count == 2 && one.output.contains("slow"))
+        #expect(try await Self.faultctl(["list", "nope"], socket: socket).status == 3)
 
         #expect(try await Self.faultctl(["enable", "slow", "--for", "30s"], socket: socket).output == "slow enabled for 30s\n")
         let slow = await RawClient.run(port: port, send: 3, halfClose: true)
