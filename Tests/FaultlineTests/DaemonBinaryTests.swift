@@ -113,6 +113,46 @@ struct DaemonBinaryTests {
         try await group.shutdownGracefully()
     }
 
+    /// Control requests that arrive while the proxy drains are refused at once, and the
+    /// daemon still exits: a reload or a new fault must neither hang its caller nor keep the
+    /// control server (and so the daemon) from stopping.
+    @Test func controlChangesDuringTheDrainAreRefused() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let echo = try await TestServer.start(group: group) { EchoHandler() }
+        let port = try unusedPort()
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("fl-drain-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try "listeners: [{name: api, listen: 127.0.0.1:\(port), upstream: 127.0.0.1:\(echo.port)}]\n"
+            .write(toFile: folder + "/a.yaml", atomically: true, encoding: .utf8)
+        let socket = folder + "/control.sock"
+        let daemon = try DaemonProcess([
+            "--rules", folder, "--no-metrics", "--control-socket", socket, "--grace", "2s", "--log-level", "info",
+        ])
+        #expect(await daemon.waitForLog("started"))
+        let connection = try await LineClient.connect(port: port, group: group)
+        #expect(try await connection.exchange("hello") == "hello")
+
+        daemon.signal(SIGTERM)
+        #expect(await daemon.waitForLog("draining"))
+        for (method, path, body) in [
+            ("POST", "/v1/reload", nil),
+            ("POST", "/v1/faults", #"{"fault": {"name": "x", "listener": "api", "refuse": {}}}"#),
+        ] {
+            var arguments = ["--unix-socket", socket, "-X", method, "-w", "\n%{http_code}", "http://faultline\(path)"]
+            if let body { arguments += ["--data-binary", body] }
+            let reply = try await Curl.run(arguments, maxTime: 5)
+            #expect(reply.text.hasSuffix("\n503"), "\(method) \(path): \(reply.text)")
+            #expect(reply.text.contains(#""code":"shutting_down""#))
+        }
+        // The connection still works until the grace period ends; then the daemon exits.
+        #expect(try await connection.exchange("after") == "after")
+        #expect(await daemon.waitForExit() == 0)
+
+        await echo.stop()
+        try await group.shutdownGracefully()
+    }
+
     @Test func sigtermClosesWhatIsLeftAfterTheGracePeriod() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let echo = try await TestServer.start(group: group) { EchoHandler() }

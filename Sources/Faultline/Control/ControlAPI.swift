@@ -83,6 +83,7 @@ public struct ControlAPI: Sendable {
                     }
                 case ("reload", .POST):
                     let outcome = await daemon.reloader.reload(reason: "control socket")
+                    if outcome.shuttingDown { throw ControlError.shuttingDown }
                     return try json(["reload": ReloadView(outcome)], status: outcome.succeeded ? .ok : .unprocessableEntity)
                 case ("status", _), ("listeners", _), ("faults", _), ("reset", _), ("reload", _), ("ca", _):
                     throw notAllowed()
@@ -271,6 +272,8 @@ public struct ControlAPI: Sendable {
             throw ControlError(.notFound, "not_found", "no fault named \"\(name)\"", field: "name")
         case .failure(.invalid(let field, let message)):
             throw ControlError(.unprocessableEntity, "invalid", message, field: field)
+        case .failure(.shuttingDown):
+            throw ControlError.shuttingDown
         case .failure(let error):
             throw ControlError(.unprocessableEntity, "invalid", error.description, field: "listener")
         }
@@ -368,6 +371,9 @@ struct ControlError: Error {
         self.message = message
         self.field = field
     }
+
+    /// A change asked for while the daemon shuts down: refused, nothing changed.
+    static let shuttingDown = ControlError(.serviceUnavailable, "shutting_down", "the daemon is shutting down")
 
     struct Body: Encodable {
         struct Detail: Encodable {

@@ -13,6 +13,8 @@ public struct ReloadOutcome: Sendable {
     public var unchanged: Bool
     public var errors: [String]
     public var summary: String
+    /// Not tried: the daemon is shutting down and takes no more changes.
+    public var shuttingDown = false
 }
 
 /// The one owner of SIGHUP and of the rule folder's changes. It reloads the folder as a whole,
@@ -33,6 +35,10 @@ public final class RuleReloader: Service, Sendable {
     private let expiryTimer = NIOLockedValueBox<Task<Void, Never>?>(nil)
     private let requests: AsyncStream<Request>
     private let requestSink: AsyncStream<Request>.Continuation
+    /// Set when shutdown begins; from then on a request is answered at once ("shutting
+    /// down") instead of queued. Checked and set under the same lock as the queueing, so that
+    /// no request is queued after the queue has been closed and then never answered.
+    private let closed = NIOLockedValueBox(false)
 
     private let reloadSuccess: Counter
     private let reloadFailure: Counter
@@ -102,9 +108,10 @@ public final class RuleReloader: Service, Sendable {
         _ mutate: @escaping @Sendable (inout RuntimeOverlay, RuleSet) throws(RuntimeOverlay.ChangeError) -> Void
     ) async -> Result<Void, RuntimeOverlay.ChangeError> {
         await withCheckedContinuation { continuation in
-            requestSink.yield(Request(
+            let queued = submit(Request(
                 reason: "control", reply: nil,
                 overlayChange: OverlayChange(mutate: mutate) { continuation.resume(returning: $0) }))
+            if !queued { continuation.resume(returning: .failure(.shuttingDown)) }
         }
     }
 
@@ -113,7 +120,33 @@ public final class RuleReloader: Service, Sendable {
     /// Reloads now and returns what happened (the control socket's `reload`).
     public func reload(reason: String) async -> ReloadOutcome {
         await withCheckedContinuation { continuation in
-            requestSink.yield(Request(reason: reason) { continuation.resume(returning: $0) })
+            if !submit(Request(reason: reason) { continuation.resume(returning: $0) }) {
+                continuation.resume(returning: shuttingDownOutcome)
+            }
+        }
+    }
+
+    /// What a reload asked for during shutdown gets: nothing changed.
+    private var shuttingDownOutcome: ReloadOutcome {
+        ReloadOutcome(succeeded: false, unchanged: true, errors: ["the daemon is shutting down"], summary: rules.summary,
+                      shuttingDown: true)
+    }
+
+    /// Queues a request, unless shutdown has begun (then false: the caller answers it).
+    @discardableResult
+    private func submit(_ request: Request) -> Bool {
+        closed.withLockedValue { closed in
+            guard !closed else { return false }
+            requestSink.yield(request)
+            return true
+        }
+    }
+
+    /// Takes no more requests; those queued already are answered, then `serveRequests` ends.
+    private func closeRequests() {
+        closed.withLockedValue { closed in
+            closed = true
+            requestSink.finish()
         }
     }
 
@@ -122,12 +155,11 @@ public final class RuleReloader: Service, Sendable {
     /// the request queue.
     func startWatching() {
         guard let directory else { return }
-        let sink = requestSink
         do {
             let watcher = try DirectoryWatcher(directory: directory) { [self] in
                 lastChangeAt.store(Self.monotonicNanoseconds(), ordering: .relaxed)
                 let change = changes.add(1, ordering: .relaxed).newValue
-                sink.yield(Request(reason: "files changed", reply: nil, change: change))
+                submit(Request(reason: "files changed", reply: nil, change: change))
             }
             self.watcher.withLockedValue { $0 = watcher }
         } catch {
@@ -151,24 +183,27 @@ public final class RuleReloader: Service, Sendable {
             }
         }
 
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { [hangups, requestSink] in
-                for await _ in hangups.cancelOnGracefulShutdown() {
-                    requestSink.yield(Request(reason: "SIGHUP", reply: nil))
-                }
-            }
-            group.addTask {
-                await self.serveRequests()
-            }
-            await group.next()
-            group.cancelAll()
+        // Not a child task: cancelling `run` must not end the loop while requests wait in the
+        // queue, since their callers (a control request, say) would then wait for ever and
+        // keep the daemon from exiting. The loop ends when the queue is closed and empty.
+        let serving = Task { await self.serveRequests() }
+        for await _ in hangups.cancelOnGracefulShutdown() {
+            submit(Request(reason: "SIGHUP", reply: nil))
         }
+        // Shutting down (or cancelled): no more changes, so that none lands while the proxy
+        // drains; what is queued already is answered "shutting down".
+        closeRequests()
+        await serving.value
     }
 
     private func serveRequests() async {
         var handledChange = 0
         for await request in requests {
-            if Task.isCancelled || Task.isShuttingDownGracefully { return }
+            if closed.withLockedValue({ $0 }) {
+                request.overlayChange?.reply(.failure(.shuttingDown))
+                request.reply?(shuttingDownOutcome)
+                continue
+            }
             if let change = request.overlayChange {
                 change.reply(await applyOverlayChange(change.mutate))
                 armExpiryTimer()
@@ -204,7 +239,6 @@ public final class RuleReloader: Service, Sendable {
     /// replacing the one before (its expiry may have been changed or reverted meanwhile).
     private func armExpiryTimer() {
         let next = overlay.nextExpiry
-        let sink = requestSink
         expiryTimer.withLockedValue { timer in
             timer?.cancel()
             timer = nil
@@ -215,7 +249,7 @@ public final class RuleReloader: Service, Sendable {
             timer = Task {
                 try? await Task.sleep(for: .nanoseconds(wait))
                 if Task.isCancelled { return }
-                sink.yield(Request(
+                self.submit(Request(
                     reason: "expiry", reply: nil,
                     overlayChange: OverlayChange(mutate: { overlay, _ in
                         _ = overlay.expire(now: Self.monotonicNanoseconds())

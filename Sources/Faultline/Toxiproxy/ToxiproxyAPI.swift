@@ -345,6 +345,8 @@ public final class ToxiproxyAPI: Sendable {
             throw .proxyNotFound
         case .failure(.notFound):
             throw .toxicNotFound
+        case .failure(.shuttingDown):
+            throw ToxiproxyError(.serviceUnavailable, "the daemon is shutting down")
         case .failure(.invalid(let field, let message)):
             if field == Self.toxicExistsMarker { throw .toxicExists }
             throw ToxiproxyError(.internalServerError, message)

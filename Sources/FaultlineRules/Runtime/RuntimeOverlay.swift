@@ -46,9 +46,12 @@ public struct RuntimeOverlay: Sendable, Equatable {
         case invalid(field: String?, message: String)
         case listenerNotFound(String)
         case listenerExists(String)
+        /// The daemon stopped taking changes: it is shutting down.
+        case shuttingDown
 
         public var description: String {
             switch self {
+            case .shuttingDown: "the daemon is shutting down"
             case .notFound(let name): "no fault named \"\(name)\""
             case .invalid(_, let message): message
             case .listenerNotFound(let name): "no runtime listener named \"\(name)\""
