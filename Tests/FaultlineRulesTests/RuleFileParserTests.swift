@@ -435,7 +435,9 @@ struct FaultRuleParsingTests {
                 listener: api
                 slicer: {size: 10, variation: 10, delay: 1ms}
             """
+        // Fault "a" has errors of its own, and its listener is checked all the same.
         #expect(load(text).errorDescriptions == [
+            #"rules/f.yaml:6:5: fault "a" names listener "apii", which is not declared; did you mean "api"?"#,
             #"rules/f.yaml:8:18: faults[0].probability: 1.5 is outside 0 to 1"#,
             #"rules/f.yaml:9:22: faults[0].latency.delay: "200" is not a duration (write it with a unit: 250ms, 1.5s, 2m)"#,
             #"rules/f.yaml:13:5: faults[1]: one action per fault, found latency and bandwidth; write two faults"#,

@@ -16,8 +16,8 @@ enum FaultRuleParser {
         }
         let errorsBefore = reader.errors.count
         let name = fields["name"].flatMap { reader.name($0) }
-        if let name { declaration = .init(name: name, source: reader.location(of: node)) }
         let listener = fields["listener"].flatMap { reader.name($0) }
+        if let name { declaration = .init(name: name, source: reader.location(of: node), listener: listener) }
         let enabled = fields["enabled"].flatMap { reader.bool($0) } ?? true
         let probability = fields["probability"].flatMap { reader.probability($0) } ?? 1
         let direction = fields["direction"].flatMap { reader.oneOf($0, FaultDirection.self) } ?? .both

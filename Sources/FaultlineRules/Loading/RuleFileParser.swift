@@ -29,13 +29,19 @@ public struct RuleFileParser {
         /// Whether the listener has a `tls:` block (right or not: a certificate fault on it is
         /// not also reported as needing one).
         public var hasTLS = false
+        /// For a fault: the listener it names, when that much is right.
+        public var listener: String?
 
-        init(name: String, source: SourceLocation, listen: HostPort? = nil, protocol: ListenerProtocol? = nil, hasTLS: Bool = false) {
+        init(
+            name: String, source: SourceLocation, listen: HostPort? = nil, protocol: ListenerProtocol? = nil,
+            hasTLS: Bool = false, listener: String? = nil
+        ) {
             self.name = name
             self.source = source
             self.listen = listen
             self.protocol = `protocol`
             self.hasTLS = hasTLS
+            self.listener = listener
         }
 
         init(_ listener: ListenerRule) {

@@ -72,6 +72,16 @@ public enum RuleLoader {
         errors += listenerErrors(declaredListeners)
         errors += duplicateNameErrors(declaredFaults, kind: "fault")
         errors += faultErrors(faults, listeners: declaredListeners, checkingNames: false)
+        // A fault with errors of its own is not a rule, but the listener it names is checked
+        // too, so that a wrong listener name is not reported only once the rest is fixed.
+        let parsed = Set(faults.map(\.source))
+        let listenerNames = declaredListeners.map(\.name)
+        for fault in declaredFaults where !parsed.contains(fault.source) {
+            if let listener = fault.listener, let error = undeclaredListenerError(
+                fault: fault.name, listener: listener, at: fault.source, listenerNames: listenerNames) {
+                errors.append(error)
+            }
+        }
         if !errors.isEmpty { return .failure(RuleErrors(errors)) }
         return .success(RuleSet(listeners: listeners, faults: faults, files: sources.map(\.file)))
     }
@@ -153,15 +163,24 @@ public enum RuleLoader {
                     break
                 }
             }
-            if !listenerNames.contains(fault.listener) {
-                var message = "fault \"\(fault.name)\" names listener \"\(fault.listener)\", which is not declared"
-                if let suggestion = NodeReader.closest(to: fault.listener, in: listenerNames) {
-                    message += "; did you mean \"\(suggestion)\"?"
-                }
-                errors.append(RuleError(message, at: fault.source))
+            if let error = undeclaredListenerError(
+                fault: fault.name, listener: fault.listener, at: fault.source, listenerNames: listenerNames) {
+                errors.append(error)
             }
         }
         return errors
+    }
+
+    /// A fault naming a listener that is not declared, with the closest declared name.
+    static func undeclaredListenerError(
+        fault: String, listener: String, at source: SourceLocation, listenerNames: [String]
+    ) -> RuleError? {
+        guard !listenerNames.contains(listener) else { return nil }
+        var message = "fault \"\(fault)\" names listener \"\(listener)\", which is not declared"
+        if let suggestion = NodeReader.closest(to: listener, in: listenerNames) {
+            message += "; did you mean \"\(suggestion)\"?"
+        }
+        return RuleError(message, at: source)
     }
 
     /// What a fault may do depends on what its listener speaks: per connection on `tcp`, per
