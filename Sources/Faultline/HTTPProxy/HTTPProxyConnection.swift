@@ -981,7 +981,10 @@ final class HTTPProxyConnection: TrackedConnection {
         exchange.responseQueue.removeAll()
         guard !exchange.responseHeadSent else {
             endExchange(exchange, counted: true)
-            closeAll()
+            // What the client was given of the response goes out before the close (the head
+            // may still wait for its flush), so that it sees a response cut short, not none.
+            clientHandler?.writeEnd(nil, thenClose: true)
+            closeUpstream()
             return
         }
         exchange.status = status
