@@ -16,6 +16,10 @@ struct TLSContexts: Sendable {
     let faulty: [String: NIOSSLContext]
     /// `faultline_tls_handshakes_total` of the listener, by result.
     let handshakes: [HandshakeResult: Counter]
+    /// What the listener speaks unless a fault says otherwise: TLS 1.2 and 1.3, as Envoy and
+    /// HAProxy by default (NIOSSL's own default would take TLS 1.0). The `old_protocol`
+    /// handshake fault is then the one way a client meets TLS 1.0 here.
+    static let minimumVersion = TLSVersion.tlsv12
 
     init(settings: TLSSettings, faults: [FaultRule], authorities: CertificateAuthorities, listener: String,
          metrics: FaultlineMetrics) throws {
@@ -41,6 +45,7 @@ struct TLSContexts: Sendable {
                     promise.succeed(override)
                 }
             }
+            configuration.minimumTLSVersion = Self.minimumVersion
             try adjust(&configuration)
             return try NIOSSLContext(configuration: configuration)
         }
@@ -53,6 +58,7 @@ struct TLSContexts: Sendable {
                 let key = try NIOSSLPrivateKey(file: keyFile, format: .pem)
                 var configuration = TLSConfiguration.makeServerConfiguration(
                     certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+                configuration.minimumTLSVersion = Self.minimumVersion
                 try adjust(&configuration)
                 return try NIOSSLContext(configuration: configuration)
             } catch {

@@ -84,6 +84,27 @@ import Testing
         }
     }
 
+    /// TLS 1.0 and 1.1 are refused unless the `old_protocol` fault offers TLS 1.0 (and then
+    /// only that): `openssl s_client` allowed to speak them (security level 0) is the client.
+    @Test func oldProtocolsOnlyThroughTheFault() async throws {
+        func oldClient(_ port: Int, _ version: String) async throws -> (status: Int32, output: String) {
+            try await OpenSSL.run(["s_client", "-connect", "127.0.0.1:\(port)", version, "-cipher", "DEFAULT:@SECLEVEL=0"])
+        }
+        try await withTLSProxy { _, port, _ in
+            for version in ["-tls1", "-tls1_1"] {
+                let refused = try await oldClient(port, version)
+                #expect(refused.status != 0, "\(version): \(refused.output)")
+                #expect(refused.output.contains("alert protocol version"), "\(version): \(refused.output)")
+            }
+            let current = try await OpenSSL.run(["s_client", "-connect", "127.0.0.1:\(port)", "-tls1_2"])
+            #expect(current.output.contains("Protocol  : TLSv1.2"), "\(current.output)")
+        }
+        try await withTLSProxy(handshake: [HandshakeFault(kind: .old_protocol)]) { _, port, _ in
+            let accepted = try await oldClient(port, "-tls1")
+            #expect(accepted.output.contains("Protocol  : TLSv1\n"), "\(accepted.output)")
+        }
+    }
+
     @Test func delayedHandshakeStillSucceeds() async throws {
         try await withTLSProxy(handshake: [HandshakeFault(kind: .delay, delay: .milliseconds(300))]) { _, port, caFile in
             let start = ContinuousClock.now
