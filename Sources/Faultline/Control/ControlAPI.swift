@@ -316,8 +316,11 @@ public struct ControlAPI: Sendable {
 
     func expiry(_ value: Any?, field: String) throws -> Int64? {
         guard let value, !(value is NSNull) else { return nil }
-        guard let text = value as? String, let duration = DurationText.parse(text), duration > .zero else {
+        guard let text = value as? String, let duration = DurationText.parse(text) else {
             throw ControlError(.badRequest, "invalid", "\(field): expected a duration such as \"60s\"", field: field)
+        }
+        guard duration > .zero else {
+            throw ControlError(.badRequest, "invalid", "\(field): must be longer than 0s (to end a change now, revert or remove it)", field: field)
         }
         return RuleReloader.monotonicNanoseconds() + duration.nanoseconds
     }

@@ -16,7 +16,7 @@ struct InjectCommand: AsyncParsableCommand {
 
     @Argument(help: "What the fault does.") var kind: String
     @Option(name: .long, help: "The listener it acts on.") var listener: String
-    @Option(name: .long, help: "Its name (default: KIND-LISTENER-<time>).") var name: String?
+    @Option(name: .long, help: "Its name (default: KIND-LISTENER-<time>-<random>).") var name: String?
     @Option(name: .customLong("for"), help: "Remove it after this long (60s, 5m); recommended for experiments.") var duration: String?
     @Option(name: .long, help: "Chance it acts (0..1 or 30%).") var probability: String?
     @Option(name: .long, help: "upstream, downstream or both (TCP).") var direction: String?
@@ -59,7 +59,7 @@ struct InjectCommand: AsyncParsableCommand {
             }
             settings["headers"] = headers
         }
-        let faultName = name ?? "\(kind)-\(listener)-\(Int(Date().timeIntervalSince1970))"
+        let faultName = name ?? Self.defaultName(kind: kind, listener: listener)
         var fault: [String: Any] = ["name": faultName, "listener": listener, kind: settings]
         if let probability { fault["probability"] = probability }
         if let direction { fault["direction"] = direction }
@@ -73,5 +73,13 @@ struct InjectCommand: AsyncParsableCommand {
         try await control.call(.POST, "/v1/faults", body: request) { _ in
             "\(faultName) injected on \(listener)" + (duration.map { " for \($0)" } ?? " (until removed or reset)")
         }
+    }
+
+    /// KIND-LISTENER-<time>-<4 random hex digits>: a script that injects two faults of a kind
+    /// within one second gets two names, and the whole stays within the 64 characters a name
+    /// may have (a long listener name is shortened).
+    static func defaultName(kind: String, listener: String) -> String {
+        let suffix = "-\(Int(Date().timeIntervalSince1970))-" + String(UInt16.random(in: 0...UInt16.max), radix: 16)
+        return String("\(kind)-\(listener)".prefix(64 - suffix.count)) + suffix
     }
 }

@@ -68,7 +68,12 @@ struct FaultctlBinaryTests {
         #expect(try await Self.faultctl(["remove", "short"], socket: socket).status == 0)
         #expect(await RawClient.run(port: port, send: 10, halfClose: true).received == 10)
 
-        #expect(try await Self.faultctl(["reset"], socket: socket).status == 0)
+        // Two faults of one kind without names, in the same second: two default names.
+        for _ in 0..<2 {
+            let unnamed = try await Self.faultctl(["inject", "latency", "--listener", "api", "--delay", "1ms", "--for", "1m"], socket: socket)
+            #expect(unnamed.status == 0, "\(unnamed.error)")
+        }
+        #expect(try await Self.faultctl(["reset"], socket: socket).output.contains("2 runtime faults dropped"))
         #expect(try await Self.faultctl(["reload"], socket: socket).output.hasPrefix("reloaded: 1 file, 1 fault, 1 listener"))
         #expect(try await Self.faultctl(["validate", folder], socket: socket).status == 0)
         try "listeners: [{name: x}]".write(toFile: folder + "/bad.yaml", atomically: true, encoding: .utf8)
