@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import Prometheus
 
 /// The daemon's one metrics registry and the metric families it exports. Handles are made
@@ -10,8 +11,16 @@ public final class FaultlineMetrics: Sendable {
         .seconds(1), .seconds(5), .seconds(30), .seconds(120), .seconds(600), .seconds(3600),
     ]
 
-    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+    /// How long the injection counter of a fault that has left the rules stays on `/metrics`:
+    /// long enough for a few scrapes to see its last count, then its series is dropped, so
+    /// that a daemon whose experiment runners inject a new fault every run does not export
+    /// every one of them for ever.
+    let retiredFaultRetention: Duration
+    private let faultSeries = NIOLockedValueBox(FaultSeriesTable())
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), retiredFaultRetention: Duration = .seconds(600)) {
         self.registry = registry
+        self.retiredFaultRetention = retiredFaultRetention
     }
 
     /// The handles for one listener; asking again with the same name returns the same series.
@@ -112,11 +121,45 @@ public final class FaultlineMetrics: Sendable {
 
     /// Counts each time a fault acts on a connection (once per connection and rule).
     /// `source` says where the rule came from: `file`, `control`, `toxiproxy` or `header`.
+    /// Made (or found again) while rules are applied, which marks the series as in force.
     func faultInjections(listener: String, fault: String, kind: String, source: String) -> Counter {
-        registry.makeCounter(
-            descriptor: .init(namespace: "faultline", metricName: "faults_injected", unitName: "total",
-                              helpText: "Faults injected: each connection a fault acts on, by listener, fault rule, kind and where the rule came from."),
-            labels: [("listener", listener), ("fault", fault), ("kind", kind), ("source", source)])
+        faultSeries.withLockedValue { table in
+            let counter = registry.makeCounter(
+                descriptor: .init(namespace: "faultline", metricName: "faults_injected", unitName: "total",
+                                  helpText: "Faults injected: each connection a fault acts on, by listener, fault rule, kind and where the rule came from."),
+                labels: [("listener", listener), ("fault", fault), ("kind", kind), ("source", source)])
+            table.series[[listener, fault, kind, source]] = .init(counter: counter, applied: table.generation)
+            return counter
+        }
+    }
+
+    /// Rules are about to be applied: every injection counter they still have is asked for
+    /// again (`faultInjections`) before `rulesApplied`.
+    func applyingRules() {
+        faultSeries.withLockedValue { $0.generation += 1 }
+    }
+
+    /// The rules were applied in full: a counter not asked for since `applyingRules` belongs
+    /// to a fault that is gone, and is dropped `retiredFaultRetention` from now.
+    func rulesApplied(now: ContinuousClock.Instant = .now) {
+        faultSeries.withLockedValue { table in
+            for (key, entry) in table.series where entry.applied != table.generation && entry.retiredAt == nil {
+                table.series[key]?.retiredAt = now
+            }
+        }
+    }
+
+    /// Drops the series of faults gone for longer than the retention (run at each scrape).
+    /// A connection accepted under the old rules may still count on its handle: harmless,
+    /// since a dropped series is no longer exported.
+    func dropRetiredFaultSeries(now: ContinuousClock.Instant = .now) {
+        faultSeries.withLockedValue { table in
+            for (key, entry) in table.series {
+                guard let retiredAt = entry.retiredAt, now - retiredAt >= retiredFaultRetention else { continue }
+                registry.unregisterCounter(entry.counter)
+                table.series[key] = nil
+            }
+        }
     }
 
     /// Prometheus text exposition of everything registered.
@@ -195,4 +238,17 @@ struct HTTPListenerMetrics: Sendable {
     let duration: DurationHistogram
     let inFlight: Gauge
     let upstreamErrors: [HTTPUpstreamError: Counter]
+}
+
+/// The injection counters made so far, by their labels, with the rules generation that last
+/// asked for each and, for a fault that has left the rules, when it left.
+struct FaultSeriesTable {
+    struct Entry {
+        var counter: Counter
+        var applied: UInt64
+        var retiredAt: ContinuousClock.Instant?
+    }
+
+    var generation: UInt64 = 0
+    var series: [[String]: Entry] = [:]
 }

@@ -18,7 +18,10 @@ struct ControlSocketTests {
         """
 
     /// A daemon from a rule folder with its control socket, serving as the executable does.
-    func withControlledDaemon(_ body: (_ daemon: Daemon, _ socket: String, _ folder: String, _ port: Int) async throws -> Void) async throws {
+    func withControlledDaemon(
+        retiredFaultRetention: Duration = .seconds(600),
+        _ body: (_ daemon: Daemon, _ socket: String, _ folder: String, _ port: Int) async throws -> Void
+    ) async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let echo = try await TestServer.start(group: group) { EchoHandler() }
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("fl-ctl-\(UUID().uuidString)").path
@@ -30,6 +33,7 @@ struct ControlSocketTests {
         options.eventLoops = 1
         options.rulesDirectory = folder
         options.controlSocket = folder + "/control.sock"
+        options.retiredFaultRetention = retiredFaultRetention
         var logger = Logger(label: "faultline.test")
         logger.logLevel = .critical
         let daemon = try await Daemon.start(rules: try RuleLoader.load(directory: folder).get(), options: options, logger: logger)
@@ -137,6 +141,34 @@ struct ControlSocketTests {
             #expect((reset.json["reset"] as? [String: Any])?["faults"] as? Int == 1)
             #expect(await RawClient.run(port: port, send: 10, halfClose: true).received == 10)
         }
+    }
+
+    /// The injection counter of a removed runtime fault stays on /metrics for the retention
+    /// (a few scrapes see its last count), then its series goes; faults in force keep theirs.
+    @Test func seriesOfRemovedFaultsGoAfterTheRetention() async throws {
+        let cut = #"{"fault": {"name": "cut", "listener": "api", "direction": "downstream", "limit": {"bytes": 2}}}"#
+        try await withControlledDaemon { daemon, socket, _, _ async throws in
+            #expect(try await api(socket, "POST", "/v1/faults", cut).code == "201")
+            #expect(try await api(socket, "DELETE", "/v1/faults/cut").code == "200")
+            #expect(await injectionSeries(daemon).contains(#"fault="cut""#))
+        }
+        try await withControlledDaemon(retiredFaultRetention: .zero) { daemon, socket, _, port async throws in
+            #expect(try await api(socket, "POST", "/v1/faults", cut).code == "201")
+            #expect(await RawClient.run(port: port, send: 10, halfClose: true).received == 2)
+            #expect(await injectionSeries(daemon).contains(#"fault="cut""#))
+            #expect(try await api(socket, "DELETE", "/v1/faults/cut").code == "200")
+            #expect(await injectionSeries(daemon) == [#"fault="slow""#])
+            // Injected again: a series again, counting from zero.
+            #expect(try await api(socket, "POST", "/v1/faults", cut).code == "201")
+            #expect(await injectionSeries(daemon).contains(#"fault="cut""#))
+            #expect(await daemon.injections("cut") == 0)
+        }
+    }
+
+    /// The `fault` label of every `faultline_faults_injected_total` series on /metrics.
+    func injectionSeries(_ daemon: Daemon) async -> [String] {
+        await daemon.metricsText().split(separator: "\n").filter { $0.hasPrefix("faultline_faults_injected_total{") }
+            .map { String($0.split(separator: ",")[1]) }
     }
 
     @Test func badRequestsGetTheOneErrorShape() async throws {
