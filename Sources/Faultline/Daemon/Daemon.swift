@@ -35,8 +35,8 @@ public struct DaemonOptions: Sendable {
     /// The rule folder the rules came from: watched and reloaded on change and on SIGHUP.
     /// nil for the one-off form (SIGHUP then reloads nothing).
     public var rulesDirectory: String?
-    /// How long `/metrics` keeps the injection counter of a fault that has left the rules.
-    public var retiredFaultRetention: Duration = .seconds(600)
+    /// How long `/metrics` keeps the series of a listener or fault that has left the rules.
+    public var retiredSeriesRetention: Duration = .seconds(600)
 
     public init() {}
 }
@@ -71,7 +71,7 @@ public final class Daemon: Sendable {
     public static func start(rules: RuleSet, options: DaemonOptions, logger: Logger) async throws -> Daemon {
         let steering = AcceptSteering(logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, options.eventLoops), metricsDelegate: steering)
-        let metrics = FaultlineMetrics(retiredFaultRetention: options.retiredFaultRetention)
+        let metrics = FaultlineMetrics(retiredSeriesRetention: options.retiredSeriesRetention)
         let proxy = ProxyService(
             group: group, metrics: metrics, gracePeriod: options.gracePeriod,
             seed: options.seed ?? FaultRandom.randomSeed(),

@@ -1,4 +1,3 @@
-import NIOConcurrencyHelpers
 import Prometheus
 
 /// The daemon's one metrics registry and the metric families it exports. Handles are made
@@ -11,20 +10,23 @@ public final class FaultlineMetrics: Sendable {
         .seconds(1), .seconds(5), .seconds(30), .seconds(120), .seconds(600), .seconds(3600),
     ]
 
-    /// How long the injection counter of a fault that has left the rules stays on `/metrics`:
-    /// long enough for a few scrapes to see its last count, then its series is dropped, so
-    /// that a daemon whose experiment runners inject a new fault every run does not export
-    /// every one of them for ever.
-    let retiredFaultRetention: Duration
-    private let faultSeries = NIOLockedValueBox(FaultSeriesTable())
+    /// The series of listeners and faults that have left the rules go after a while.
+    let retirement: SeriesRetirement
 
-    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), retiredFaultRetention: Duration = .seconds(600)) {
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), retiredSeriesRetention: Duration = .seconds(600)) {
         self.registry = registry
-        self.retiredFaultRetention = retiredFaultRetention
+        retirement = SeriesRetirement(registry: registry, retention: retiredSeriesRetention)
     }
 
     /// The handles for one listener; asking again with the same name returns the same series.
     func listener(_ name: String) -> ListenerMetrics {
+        retirement.inForce(["listener", name]) {
+            let metrics = makeListener(name)
+            return (metrics, metrics.handles)
+        }
+    }
+
+    private func makeListener(_ name: String) -> ListenerMetrics {
         let labels = [("listener", name)]
         return ListenerMetrics(
             accepted: registry.makeCounter(
@@ -73,6 +75,13 @@ public final class FaultlineMetrics: Sendable {
 
     /// The golden signals of an `http` listener.
     func http(_ name: String) -> HTTPListenerMetrics {
+        retirement.inForce(["http", name]) {
+            let metrics = makeHTTP(name)
+            return (metrics, metrics.handles)
+        }
+    }
+
+    private func makeHTTP(_ name: String) -> HTTPListenerMetrics {
         let labels = [("listener", name)]
         let requests = MetricNameDescriptor(
             namespace: "faultline", metricName: "http_requests", unitName: "total",
@@ -97,6 +106,13 @@ public final class FaultlineMetrics: Sendable {
 
     /// `faultline_tls_handshakes_total{listener, result}` for a TLS listener.
     func tlsHandshakes(_ name: String) -> [HandshakeResult: Counter] {
+        retirement.inForce(["tls", name]) {
+            let counters = makeTLSHandshakes(name)
+            return (counters, counters.values.map { .counter($0) })
+        }
+    }
+
+    private func makeTLSHandshakes(_ name: String) -> [HandshakeResult: Counter] {
         Dictionary(uniqueKeysWithValues: HandshakeResult.allCases.map { result in
             (result, registry.makeCounter(
                 descriptor: .init(namespace: "faultline", metricName: "tls_handshakes", unitName: "total",
@@ -121,44 +137,13 @@ public final class FaultlineMetrics: Sendable {
 
     /// Counts each time a fault acts on a connection (once per connection and rule).
     /// `source` says where the rule came from: `file`, `control`, `toxiproxy` or `header`.
-    /// Made (or found again) while rules are applied, which marks the series as in force.
     func faultInjections(listener: String, fault: String, kind: String, source: String) -> Counter {
-        faultSeries.withLockedValue { table in
+        retirement.inForce(["fault", listener, fault, kind, source]) {
             let counter = registry.makeCounter(
                 descriptor: .init(namespace: "faultline", metricName: "faults_injected", unitName: "total",
                                   helpText: "Faults injected: each connection a fault acts on, by listener, fault rule, kind and where the rule came from."),
                 labels: [("listener", listener), ("fault", fault), ("kind", kind), ("source", source)])
-            table.series[[listener, fault, kind, source]] = .init(counter: counter, applied: table.generation)
-            return counter
-        }
-    }
-
-    /// Rules are about to be applied: every injection counter they still have is asked for
-    /// again (`faultInjections`) before `rulesApplied`.
-    func applyingRules() {
-        faultSeries.withLockedValue { $0.generation += 1 }
-    }
-
-    /// The rules were applied in full: a counter not asked for since `applyingRules` belongs
-    /// to a fault that is gone, and is dropped `retiredFaultRetention` from now.
-    func rulesApplied(now: ContinuousClock.Instant = .now) {
-        faultSeries.withLockedValue { table in
-            for (key, entry) in table.series where entry.applied != table.generation && entry.retiredAt == nil {
-                table.series[key]?.retiredAt = now
-            }
-        }
-    }
-
-    /// Drops the series of faults gone for longer than the retention (run at each scrape).
-    /// A connection accepted under the old rules may still count on its handle: harmless,
-    /// since a dropped series is no longer exported.
-    func dropRetiredFaultSeries(now: ContinuousClock.Instant = .now) {
-        faultSeries.withLockedValue { table in
-            for (key, entry) in table.series {
-                guard let retiredAt = entry.retiredAt, now - retiredAt >= retiredFaultRetention else { continue }
-                registry.unregisterCounter(entry.counter)
-                table.series[key] = nil
-            }
+            return (counter, [.counter(counter)])
         }
     }
 
@@ -199,6 +184,12 @@ struct ListenerMetrics: Sendable {
     func connectFailures(_ reason: UpstreamFailureReason) -> Counter {
         connectFailuresByReason[reason]!
     }
+
+    /// Every series here, for `SeriesRetirement`.
+    var handles: [SeriesHandle] {
+        [accepted, bytesUpstream, bytesDownstream, rejectedOverLimit, acceptErrors].map { .counter($0) }
+            + connectFailuresByReason.values.map { .counter($0) } + [.gauge(open), .histogram(duration)]
+    }
 }
 
 /// Why a request failed at the upstream (the `kind` label).
@@ -238,17 +229,9 @@ struct HTTPListenerMetrics: Sendable {
     let duration: DurationHistogram
     let inFlight: Gauge
     let upstreamErrors: [HTTPUpstreamError: Counter]
-}
 
-/// The injection counters made so far, by their labels, with the rules generation that last
-/// asked for each and, for a fault that has left the rules, when it left.
-struct FaultSeriesTable {
-    struct Entry {
-        var counter: Counter
-        var applied: UInt64
-        var retiredAt: ContinuousClock.Instant?
+    /// Every series here, for `SeriesRetirement`.
+    var handles: [SeriesHandle] {
+        (requests + upstreamErrors.values).map { .counter($0) } + [.histogram(duration), .gauge(inFlight)]
     }
-
-    var generation: UInt64 = 0
-    var series: [[String]: Entry] = [:]
 }

@@ -49,12 +49,12 @@ public final class ProxyService: Service, Sendable {
 
     /// Applies new fault rules to the running listeners (same listeners, new faults).
     public func updateFaults(_ rules: RuleSet) async throws {
-        metrics.applyingRules()
+        metrics.retirement.applying()
         for listener in listeners {
             guard let rule = rules.listener(named: listener.name) else { continue }
             try await listener.update(rule: rule, faults: rules.faults(forListener: rule.name), metrics: metrics)
         }
-        metrics.rulesApplied()
+        metrics.retirement.applied()
     }
 
     /// Makes the running listeners match `rules`. New listeners (and listeners whose address
@@ -63,7 +63,7 @@ public final class ProxyService: Service, Sendable {
     /// connections too), and removed ones stop accepting while their open connections finish.
     /// No open connection is closed.
     public func apply(_ rules: RuleSet) async throws {
-        metrics.applyingRules()
+        metrics.retirement.applying()
         let current = listenersByName.withLockedValue { $0 }
         var toStart: [ListenerRule] = []
         var toUpdate: [(ProxyListener, ListenerRule)] = []
@@ -90,7 +90,7 @@ public final class ProxyService: Service, Sendable {
             for listener in started { listeners[listener.name] = listener }
         }
         for listener in toRetire { await retire(listener) }
-        metrics.rulesApplied()
+        metrics.retirement.applied()
     }
 
     /// Starts a listener for each of `listenerRules` (with its faults from `rules`), all or none:
@@ -182,7 +182,8 @@ public final class ProxyService: Service, Sendable {
     /// Brings the shared metrics up to date with every listener's loops.
     public func collectMetrics() async {
         for listener in listeners + retiredListeners { await listener.collectMetrics() }
-        metrics.dropRetiredFaultSeries()
+        let draining = Set(retiredListeners.map(\.name))
+        metrics.retirement.dropExpired(draining: draining)
         // Only once a TLS listener has made the CA exist: a daemon without TLS has none.
         if let ca = authorities.loaded {
             metrics.caExpiry.set(ca.certificate.notValidAfter.timeIntervalSinceNow)

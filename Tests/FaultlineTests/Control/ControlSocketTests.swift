@@ -19,7 +19,7 @@ struct ControlSocketTests {
 
     /// A daemon from a rule folder with its control socket, serving as the executable does.
     func withControlledDaemon(
-        retiredFaultRetention: Duration = .seconds(600),
+        retiredSeriesRetention: Duration = .seconds(600),
         _ body: (_ daemon: Daemon, _ socket: String, _ folder: String, _ port: Int) async throws -> Void
     ) async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -33,7 +33,7 @@ struct ControlSocketTests {
         options.eventLoops = 1
         options.rulesDirectory = folder
         options.controlSocket = folder + "/control.sock"
-        options.retiredFaultRetention = retiredFaultRetention
+        options.retiredSeriesRetention = retiredSeriesRetention
         var logger = Logger(label: "faultline.test")
         logger.logLevel = .critical
         let daemon = try await Daemon.start(rules: try RuleLoader.load(directory: folder).get(), options: options, logger: logger)
@@ -152,7 +152,7 @@ struct ControlSocketTests {
             #expect(try await api(socket, "DELETE", "/v1/faults/cut").code == "200")
             #expect(await injectionSeries(daemon).contains(#"fault="cut""#))
         }
-        try await withControlledDaemon(retiredFaultRetention: .zero) { daemon, socket, _, port async throws in
+        try await withControlledDaemon(retiredSeriesRetention: .zero) { daemon, socket, _, port async throws in
             #expect(try await api(socket, "POST", "/v1/faults", cut).code == "201")
             #expect(await RawClient.run(port: port, send: 10, halfClose: true).received == 2)
             #expect(await injectionSeries(daemon).contains(#"fault="cut""#))

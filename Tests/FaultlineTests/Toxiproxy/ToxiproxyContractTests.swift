@@ -58,6 +58,32 @@ import Testing
         }
     }
 
+    /// A deleted proxy's series (its listener's and its toxics') leave /metrics once its
+    /// connections are gone and the retention (zero here) has passed; a kept one's stay.
+    @Test func seriesOfADeletedProxyGo() async throws {
+        try await ToxiproxyHarness.with(retiredSeriesRetention: .zero) { api in
+            func lines(_ proxy: String) async -> Int {
+                await api.daemon.metricsText().split(separator: "\n").filter { $0.contains(#"listener="\#(proxy)""#) }.count
+            }
+            for name in ["kept", "gone"] {
+                let port = try await api.createProxy(name)
+                #expect(try await api.call("POST", "/proxies/\(name)/toxics", #"{"type":"latency","attributes":{"latency":1}}"#).status == 200)
+                #expect(await RawClient.run(port: port, send: 3, halfClose: true).received == 3)
+            }
+            let before = await lines("gone")
+            let kept = await lines("kept")
+            #expect(before > 10 && before == kept)
+            #expect(try await api.call("DELETE", "/proxies/gone").status == 204)
+            // The removed listener drains first (polled, at most 5 s): its series stay meanwhile.
+            let start = ContinuousClock.now
+            while await lines("gone") > 0, ContinuousClock.now - start < .seconds(5) {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(await lines("gone") == 0)
+            #expect(await lines("kept") == kept)
+        }
+    }
+
     @Test func badProxyRequests() async throws {
         try await ToxiproxyHarness.with { api in
             let noName = try await api.call("POST", "/proxies", #"{"upstream":"127.0.0.1:1"}"#)

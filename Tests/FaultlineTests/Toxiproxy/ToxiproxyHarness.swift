@@ -23,7 +23,8 @@ struct ToxiproxyHarness {
     }
 
     static func with(
-        files: RuleSet = RuleSet(), _ body: (ToxiproxyHarness) async throws -> Void
+        files: RuleSet = RuleSet(), retiredSeriesRetention: Duration = .seconds(600),
+        _ body: (ToxiproxyHarness) async throws -> Void
     ) async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let echo = try await TestServer.start(group: group) { EchoHandler() }
@@ -32,6 +33,7 @@ struct ToxiproxyHarness {
         options.metricsAddress = nil
         options.eventLoops = 2
         options.toxiproxyAddress = HostPort(host: "127.0.0.1", port: 0)
+        options.retiredSeriesRetention = retiredSeriesRetention
         var logger = Logger(label: "faultline.test")
         logger.logLevel = .error
         let daemon = try await Daemon.start(rules: files, options: options, logger: logger)
