@@ -1,4 +1,7 @@
+import Faultline
 import Foundation
+import NIOCore
+import NIOPosix
 import Testing
 
 #if canImport(Glibc)
@@ -43,5 +46,44 @@ struct DemoAndMetricsTests {
 
         daemon.signal(SIGTERM)
         await daemon.expectCleanExit()
+    }
+}
+
+/// The small HTTP servers (metrics, control, Toxiproxy API, demo) close a connection that has
+/// been silent both ways for their idle timeout, and keep one that goes on asking.
+@Suite struct SmallServerIdleTests {
+    @Test func silentConnectionsAreClosedBusyOnesKept() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let server = try await SmallHTTPServer.bind(
+            to: try SocketAddress(ipAddress: "127.0.0.1", port: 0), group: group, idleTimeout: .milliseconds(300)
+        ) { _ in .text("ok\n") }
+        let serving = Task { await server.run() }
+        let port = server.localAddress.port!
+
+        // Silent from the start: closed after the timeout (not at once, not never).
+        let silent = await RawClient.run(port: port, timeout: .seconds(10))
+        #expect(silent.end == .eof)
+        #expect(silent.elapsed >= .milliseconds(300) && silent.elapsed < .seconds(8), "\(silent.elapsed)")
+
+        // A request every 100 ms for a second, well past the timeout: all answered on one connection.
+        let busy = try await offThePool { () throws -> Int in
+            guard let fd = RawClient.connectedSocket(port: port, timeout: .seconds(10)) else { return 0 }
+            defer { close(fd) }
+            var answered = 0
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            for _ in 0..<10 {
+                let request = Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
+                guard send(fd, request, request.count, Int32(MSG_NOSIGNAL)) == request.count else { break }
+                guard recv(fd, &buffer, buffer.count, 0) > 0 else { break }
+                answered += 1
+                usleep(100_000)
+            }
+            return answered
+        }
+        #expect(busy == 10)
+
+        await server.close()
+        await serving.value
+        try await group.shutdownGracefully()
     }
 }

@@ -68,6 +68,7 @@ public final class SmallHTTPServer: Sendable {
         maxBodyBytes: Int = 1 << 20,
         tooLarge: @escaping @Sendable (Int) -> SmallHTTPResponse = SmallHTTPServer.tooLargeText,
         malformed: SmallHTTPResponse = SmallHTTPServer.malformedText,
+        idleTimeout: TimeAmount = SmallHTTPServer.defaultIdleTimeout,
         handler: @escaping Handler
     ) async throws -> SmallHTTPServer {
         // Out of descriptors, accept(2) fails at once and again: pause accepting for a second
@@ -84,11 +85,18 @@ public final class SmallHTTPServer: Sendable {
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: false)
                 try channel.pipeline.syncOperations.addHandler(MalformedRequestResponder(response: malformed))
+                try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idleTimeout))
+                try channel.pipeline.syncOperations.addHandler(IdleConnectionCloser())
                 return try Connection(wrappingChannelSynchronously: channel)
             }
         }
         return SmallHTTPServer(serverChannel: channel, handler: handler, maxBodyBytes: maxBodyBytes, tooLarge: tooLarge)
     }
+
+    /// How long a connection may stay without a byte either way before it is closed: ten
+    /// minutes, longer than scrapers and API clients keep a connection idle between two
+    /// requests, so that an ordinary keep-alive client never meets the close.
+    public static let defaultIdleTimeout: TimeAmount = .minutes(10)
 
     public static let malformedText = SmallHTTPResponse.text("malformed HTTP request\n", status: .badRequest)
 
