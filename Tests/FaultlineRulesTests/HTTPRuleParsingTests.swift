@@ -178,6 +178,24 @@ struct HTTPRuleParsingTests {
         ])
     }
 
+    @Test func tlsHandshakeTimeout() throws {
+        let text = """
+            listeners:
+              - {name: s, listen: 127.0.0.1:1, upstream: 127.0.0.1:2, tls: {handshake_timeout: 3s}}
+              - {name: d, listen: 127.0.0.1:3, upstream: 127.0.0.1:2, tls: {}}
+            """
+        let set = try RuleLoader.load(sources: [("t.yaml", text)]).get()
+        #expect(set.listener(named: "s")?.tls?.handshakeTimeout == .seconds(3))
+        #expect(set.listener(named: "d")?.tls?.handshakeTimeout == .seconds(10))
+        let bad = """
+            listeners:
+              - {name: s, listen: 127.0.0.1:1, upstream: 127.0.0.1:2, tls: {handshake_timeout: 10}}
+            """
+        #expect(RuleLoader.load(sources: [("t.yaml", bad)]).errorDescriptions == [
+            #"t.yaml:2:84: listeners[0].tls.handshake_timeout: "10" is not a duration (write it with a unit: 250ms, 1.5s, 2m)"#,
+        ])
+    }
+
     @Test func tlsBlockAndCertificateFaults() throws {
         let text = """
             listeners:

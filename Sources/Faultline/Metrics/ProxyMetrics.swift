@@ -116,7 +116,7 @@ public final class FaultlineMetrics: Sendable {
         Dictionary(uniqueKeysWithValues: HandshakeResult.allCases.map { result in
             (result, registry.makeCounter(
                 descriptor: .init(namespace: "faultline", metricName: "tls_handshakes", unitName: "total",
-                                  helpText: "TLS handshakes by how they ended: ok, client_rejected (the client broke off after the certificate), protocol_mismatch, client_certificate, not_tls, closed, other."),
+                                  helpText: "TLS handshakes by how they ended: ok, client_rejected (the client broke off after the certificate), protocol_mismatch, client_certificate, not_tls, closed, timeout (no end within tls.handshake_timeout), other."),
                 labels: [("listener", name), ("result", result.rawValue)]))
         })
     }

@@ -160,7 +160,11 @@ public final class ProxyListener: Sendable {
                             try channel.pipeline.syncOperations.addHandler(HandshakeGate(gate))
                         }
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: choice.context))
-                        try channel.pipeline.syncOperations.addHandler(HandshakeOutcomeWatcher(counters: tls.handshakes))
+                        // A delayed handshake (the fault) gets its delay on top of the timeout.
+                        var handshakeTimeout = tls.handshakeTimeout
+                        if case .delay(let delay) = choice.gate { handshakeTimeout += delay }
+                        try channel.pipeline.syncOperations.addHandler(
+                            HandshakeOutcomeWatcher(counters: tls.handshakes, timeout: handshakeTimeout))
                     }
                     switch listener.rule.protocol {
                     case .tcp:

@@ -20,6 +20,8 @@ enum HandshakeResult: String, CaseIterable, Sendable {
     case notTLS = "not_tls"
     /// The connection ended before the handshake did (the `close` fault, a client giving up).
     case closed
+    /// The handshake did not end within `tls.handshake_timeout`; Faultline closed the connection.
+    case timeout
     case other
 
     /// From BoringSSL's reason codes in the error; the first rule that matches wins.
@@ -41,15 +43,33 @@ enum HandshakeResult: String, CaseIterable, Sendable {
 }
 
 /// Behind the TLS handler of each TLS connection until its handshake ends: counts the result
-/// once, then leaves the pipeline.
+/// once, then leaves the pipeline. A handshake that has not ended `timeout` after accept is
+/// ended here: the connection is closed and counted as `timeout`.
 final class HandshakeOutcomeWatcher: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
 
     private let counters: [HandshakeResult: Counter]
+    private let timeout: Duration
     private var counted = false
+    private var deadline: Scheduled<Void>?
 
-    init(counters: [HandshakeResult: Counter]) {
+    init(counters: [HandshakeResult: Counter], timeout: Duration) {
         self.counters = counters
+        self.timeout = timeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        deadline = context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(timeout.nanoseconds)) {
+            let (watcher, context) = loopBound.value
+            watcher.count(.timeout)
+            context.close(promise: nil)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
     }
 
     private func count(_ result: HandshakeResult) {

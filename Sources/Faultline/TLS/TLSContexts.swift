@@ -12,6 +12,8 @@ import X509
 /// gets is decided once, when it is accepted.
 struct TLSContexts: Sendable {
     let normal: NIOSSLContext
+    /// `tls.handshake_timeout`: accept to the end of the handshake.
+    let handshakeTimeout: Duration
     /// By fault rule name.
     let faulty: [String: NIOSSLContext]
     /// `faultline_tls_handshakes_total` of the listener, by result.
@@ -24,6 +26,7 @@ struct TLSContexts: Sendable {
     init(settings: TLSSettings, faults: [FaultRule], authorities: CertificateAuthorities, listener: String,
          metrics: FaultlineMetrics) throws {
         handshakes = metrics.tlsHandshakes(listener)
+        handshakeTimeout = settings.handshakeTimeout
         let minting = LeafMinting(authorities: authorities, minted: metrics.certificatesMinted)
         let ca = try authorities.main()
 

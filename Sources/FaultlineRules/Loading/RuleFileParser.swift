@@ -136,8 +136,11 @@ public struct RuleFileParser {
         if let entry = fields["tls"] {
             if case .scalar(let scalar) = entry.value, scalar.isNullLike {
                 tls = TLSSettings.fromSNI
-            } else if let t = reader.fields(entry.value, path: entry.path, allowed: ["names", "certificate", "key"]) {
+            } else if let t = reader.fields(entry.value, path: entry.path, allowed: ["names", "certificate", "key", "handshake_timeout"]) {
                 var settings = TLSSettings.fromSNI
+                if let e = t["handshake_timeout"], let value = reader.duration(e, minimum: .milliseconds(1)) {
+                    settings.handshakeTimeout = value
+                }
                 if let certificate = t["certificate"] { settings.certificateFile = reader.string(certificate) }
                 if let key = t["key"] { settings.keyFile = reader.string(key) }
                 if (settings.certificateFile == nil) != (settings.keyFile == nil) {

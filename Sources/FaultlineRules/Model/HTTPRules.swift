@@ -164,13 +164,20 @@ public struct TLSSettings: Sendable, Hashable {
     /// minted one when no fault says otherwise; certificate faults are still minted.
     public var certificateFile: String?
     public var keyFile: String?
+    /// From accept to the end of the handshake (plus the delay of a `handshake: delay` fault);
+    /// past it the connection is closed. A client that connects and says nothing, or says it
+    /// a byte a minute, must not hold a connection for the listener's whole idle timeout.
+    public var handshakeTimeout: Duration
+    public static let defaultHandshakeTimeout: Duration = .seconds(10)
 
     public init(names: [String] = TLSSettings.defaultNames, namesFromSNI: Bool = false,
-                certificateFile: String? = nil, keyFile: String? = nil) {
+                certificateFile: String? = nil, keyFile: String? = nil,
+                handshakeTimeout: Duration = TLSSettings.defaultHandshakeTimeout) {
         self.names = names
         self.namesFromSNI = namesFromSNI
         self.certificateFile = certificateFile
         self.keyFile = keyFile
+        self.handshakeTimeout = handshakeTimeout
     }
 
     /// The block without `names`: certificates for whatever name the client asks for.

@@ -12,6 +12,7 @@ import Testing
     /// A TLS listener in front of the demo service, its CA written to a file for the clients.
     func withTLSProxy(
         faults: [CertificateFaultKind] = [], handshake: [HandshakeFault] = [], protocol proto: ListenerProtocol = .tcp,
+        handshakeTimeout: Duration = TLSSettings.defaultHandshakeTimeout,
         _ body: (_ daemon: Daemon, _ port: Int, _ caFile: String) async throws -> Void
     ) async throws {
         try await withHTTPProxy(
@@ -22,7 +23,7 @@ import Testing
             } + handshake.map { FaultRule(name: $0.kind.rawValue, listener: "test", action: .handshake($0)) },
             configure: { rule in
                 rule.protocol = proto
-                rule.tls = TLSSettings(names: ["localhost", "127.0.0.1"])
+                rule.tls = TLSSettings(names: ["localhost", "127.0.0.1"], handshakeTimeout: handshakeTimeout)
             }
         ) { daemon, port, _ in
             let caFile = FileManager.default.temporaryDirectory.appendingPathComponent("fl-ca-\(UUID().uuidString).pem").path
@@ -102,6 +103,26 @@ import Testing
         try await withTLSProxy(handshake: [HandshakeFault(kind: .old_protocol)]) { _, port, _ in
             let accepted = try await oldClient(port, "-tls1")
             #expect(accepted.output.contains("Protocol  : TLSv1\n"), "\(accepted.output)")
+        }
+    }
+
+    /// A client that connects and says nothing is closed at the handshake timeout, counted
+    /// as `timeout`; a handshake the `delay` fault holds gets its delay on top.
+    @Test func handshakeTimeoutClosesSilentClients() async throws {
+        try await withTLSProxy(handshakeTimeout: .milliseconds(300)) { daemon, port, caFile in
+            let silent = await RawClient.run(port: port, timeout: .seconds(10))
+            #expect(silent.end == .eof)
+            #expect(silent.elapsed >= .milliseconds(300) && silent.elapsed < .seconds(8), "\(silent.elapsed)")
+            #expect(await daemon.metric(#"faultline_tls_handshakes_total{listener="test",result="timeout"}"#) == 1)
+            let afterwards = try await curl(port, caFile)
+            #expect(afterwards.status == 0, "\(afterwards.log)")
+        }
+        try await withTLSProxy(
+            handshake: [HandshakeFault(kind: .delay, delay: .milliseconds(600))], handshakeTimeout: .milliseconds(300)
+        ) { daemon, port, caFile in
+            let result = try await curl(port, caFile)
+            #expect(result.text == "hello from the Faultline demo service\n", "\(result.log)")
+            #expect(await daemon.metric(#"faultline_tls_handshakes_total{listener="test",result="timeout"}"#) == 0)
         }
     }
 
