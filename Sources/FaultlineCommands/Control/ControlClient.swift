@@ -1,4 +1,6 @@
 import ArgumentParser
+import Faultline
+import FaultlineRules
 import Foundation
 import NIOCore
 import NIOHTTP1
@@ -7,6 +9,8 @@ import NIOPosix
 /// One request to the daemon's control socket, as `curl --unix-socket` would send it.
 struct ControlClient {
     let socketPath: String
+    /// How long the daemon may stay silent before the command gives up (exit 5).
+    var timeout: Duration = .seconds(30)
 
     struct Reply {
         var status: Int
@@ -25,6 +29,11 @@ struct ControlClient {
                 .connect(unixDomainSocketPath: socketPath) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        // A daemon that accepts and never answers ends the wait: the channel
+                        // closes, the reply is incomplete, and the command says so.
+                        try channel.pipeline.syncOperations.addHandler(
+                            IdleStateHandler(readTimeout: .nanoseconds(timeout.nanoseconds)))
+                        try channel.pipeline.syncOperations.addHandler(IdleConnectionCloser())
                         return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
                             wrappingChannelSynchronously: channel)
                     }
@@ -52,7 +61,7 @@ struct ControlClient {
                 case .end: return reply
                 }
             }
-            return reply
+            throw ControlFailure.noAnswer(socketPath, DurationText.format(timeout))
         }
     }
 }
@@ -60,12 +69,16 @@ struct ControlClient {
 /// Why a faultctl command failed, with its documented exit code.
 enum ControlFailure: Error, CustomStringConvertible {
     case unreachable(String, String)
+    /// Connected, but no complete answer within `--timeout`.
+    case noAnswer(String, String)
     case answered(status: Int, code: String, message: String)
 
     var description: String {
         switch self {
         case .unreachable(let path, let error):
             "cannot reach faultlined at \(path) (\(error)); is it running? (--socket, FAULTLINE_SOCKET)"
+        case .noAnswer(let path, let timeout):
+            "faultlined at \(path) did not answer within \(timeout) (--timeout)"
         case .answered(_, _, let message):
             message
         }
@@ -74,7 +87,7 @@ enum ControlFailure: Error, CustomStringConvertible {
     /// 0 ok, 1 other errors, 2 usage (argument parser), 3 not found, 4 invalid, 5 unreachable.
     var exitCode: Int32 {
         switch self {
-        case .unreachable: 5
+        case .unreachable, .noAnswer: 5
         case .answered(let status, _, _) where status == 404: 3
         case .answered(let status, _, _) where status == 400 || status == 409 || status == 413 || status == 422: 4
         case .answered: 1
@@ -90,7 +103,18 @@ struct ControlOptions: ParsableArguments {
     @Flag(name: .long, help: "Print the daemon's JSON reply (exactly one object) instead of a table.")
     var json = false
 
-    var client: ControlClient { ControlClient(socketPath: ControlSocketPath.resolve(socket)) }
+    @Option(name: .long, help: "Give up (exit 5) when the daemon has not answered after this long.")
+    var timeout: String = "30s"
+
+    func validate() throws {
+        guard let duration = DurationText.parse(timeout), duration > .zero else {
+            throw ValidationError("--timeout: expected a duration such as 30s, found '\(timeout)'")
+        }
+    }
+
+    var client: ControlClient {
+        ControlClient(socketPath: ControlSocketPath.resolve(socket), timeout: DurationText.parse(timeout) ?? .seconds(30))
+    }
 
     /// Sends the request; on success prints the JSON (with --json) or hands the reply over for a
     /// table; on failure prints the error (the daemon's JSON with --json) and exits with its code.
@@ -102,7 +126,8 @@ struct ControlOptions: ParsableArguments {
             reply = try await client.send(method, path, json: body)
         } catch let failure as ControlFailure {
             if json {
-                let object: [String: Any] = ["error": ["code": "unreachable", "message": failure.description, "field": NSNull()]]
+                let code = if case .noAnswer = failure { "no_answer" } else { "unreachable" }
+                let object: [String: Any] = ["error": ["code": code, "message": failure.description, "field": NSNull()]]
                 print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
             } else {
                 printToStandardError("faultctl: \(failure)")

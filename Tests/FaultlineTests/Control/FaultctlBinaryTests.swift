@@ -14,6 +14,32 @@ struct FaultctlBinaryTests {
         return (result.status, result.text, result.error)
     }
 
+    /// A socket that takes the connection and never answers (a wedged daemon): the command
+    /// gives up at --timeout with exit 5 instead of hanging its script.
+    @Test func silentDaemonEndsAtTheTimeout() async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("fl-mute-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let path = folder + "/control.sock"
+        // Listening, never accepting: connect(2) succeeds through the backlog.
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in path.utf8.enumerated() { raw[index] = byte }
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(bound == 0 && listen(fd, 4) == 0)
+        let start = ContinuousClock.now
+        let result = try await Self.faultctl(["list", "--timeout", "500ms", "--json"], socket: path)
+        #expect(result.status == 5)
+        #expect(result.output.contains(#""code":"no_answer""#), "\(result.output)")
+        #expect(ContinuousClock.now - start < .seconds(10))
+    }
+
     @Test func everyVerbAgainstTheDaemon() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let echo = try await TestServer.start(group: group) { EchoHandler() }
