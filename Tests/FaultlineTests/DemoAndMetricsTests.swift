@@ -87,3 +87,50 @@ struct DemoAndMetricsTests {
         try await group.shutdownGracefully()
     }
 }
+
+/// A connection accepted by a small HTTP server that is closed before it serves it (a scrape
+/// that arrives as the daemon stops) is closed with it; NIO traps on an accepted connection
+/// that is dropped unclosed, which would end the daemon with a crash instead of exit 0.
+@Suite struct SmallServerCloseTests {
+    @Test func closingWithAcceptedConnectionsWaiting() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let server = try await SmallHTTPServer.bind(to: try SocketAddress(ipAddress: "127.0.0.1", port: 0), group: group) { _ in
+            .text("ok\n")
+        }
+        let port = server.localAddress.port!
+        // Never served (`run()` not called): the connections wait in the server's stream.
+        let clients = (0..<3).compactMap { _ in RawClient.connectedSocket(port: port, timeout: .seconds(5)) }
+        #expect(clients.count == 3)
+        // The loop accepts within microseconds of the connect; there is no event to wait for
+        // from outside, so give it a moment (bounded).
+        try await Task.sleep(for: .milliseconds(200))
+        await server.close()
+        for fd in clients {
+            var byte: UInt8 = 0
+            #expect(recv(fd, &byte, 1, 0) <= 0)  // closed (EOF or reset), within the socket's 5 s timeout
+            close(fd)
+        }
+        try await group.shutdownGracefully()
+    }
+
+    /// Cancelling `run()` (a service group that cancels instead of shutting down gracefully)
+    /// ends it and closes the connections it had, idle or waiting to be served.
+    @Test(.timeLimit(.minutes(1))) func cancellingRunClosesItsConnections() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let server = try await SmallHTTPServer.bind(to: try SocketAddress(ipAddress: "127.0.0.1", port: 0), group: group) { _ in
+            .text("ok\n")
+        }
+        let serving = Task { await server.run() }
+        let clients = (0..<3).compactMap { _ in RawClient.connectedSocket(port: server.localAddress.port!, timeout: .seconds(5)) }
+        #expect(clients.count == 3)
+        try await Task.sleep(for: .milliseconds(200))  // accepted, as above
+        serving.cancel()
+        await serving.value
+        for fd in clients {
+            var byte: UInt8 = 0
+            #expect(recv(fd, &byte, 1, 0) <= 0)
+            close(fd)
+        }
+        try await group.shutdownGracefully()
+    }
+}

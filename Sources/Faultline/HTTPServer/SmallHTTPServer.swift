@@ -106,23 +106,43 @@ public final class SmallHTTPServer: Sendable {
 
     /// Serves until `close()` is called or the task is cancelled; open connections are then
     /// cancelled too, so that a keep-alive scraper cannot hold shutdown up.
+    ///
+    /// Every connection the server accepts must be closed through its `NIOAsyncChannel`: NIO
+    /// traps on one dropped unclosed. So the accept loop runs in a task the caller's
+    /// cancellation does not reach (cancelled, the loop would leave accepted connections in the
+    /// stream); cancellation closes the listening channel instead, the stream then ends after
+    /// the connections it holds, and each of them is taken and closed by `serve`.
     public func run() async {
         guard let serverChannel = take() else { return }
-        await withDiscardingTaskGroup { group in
-            try? await serverChannel.executeThenClose { inbound in
-                for try await connection in inbound {
-                    group.addTask { await self.serve(connection) }
+        let accepting = Task {
+            await withDiscardingTaskGroup { group in
+                try? await serverChannel.executeThenClose { inbound in
+                    for try await connection in inbound {
+                        group.addTask { await self.serve(connection) }
+                    }
                 }
+                group.cancelAll()
             }
-            group.cancelAll()
+        }
+        await withTaskCancellationHandler {
+            await accepting.value
+        } onCancel: {
+            serverChannel.channel.close(promise: nil)
         }
     }
 
     public func close() async {
-        if let serverChannel = take() {
-            try? await serverChannel.executeThenClose { _ in }
-        } else {
+        guard let serverChannel = take() else {
             try? await channel.close()
+            return
+        }
+        // Never served: close the listening channel first, so that the stream ends after the
+        // connections accepted meanwhile, and close each of those (see `run`).
+        try? await serverChannel.channel.close()
+        try? await serverChannel.executeThenClose { inbound in
+            for try await connection in inbound {
+                try? await connection.executeThenClose { _, _ in }
+            }
         }
     }
 
