@@ -127,7 +127,7 @@ struct DaemonBinaryTests {
             .write(toFile: folder + "/a.yaml", atomically: true, encoding: .utf8)
         let socket = folder + "/control.sock"
         let daemon = try DaemonProcess([
-            "--rules", folder, "--no-metrics", "--control-socket", socket, "--grace", "2s", "--log-level", "info",
+            "--rules", folder, "--no-metrics", "--control-socket", socket, "--grace", "5s", "--log-level", "info",
         ])
         #expect(await daemon.waitForLog("started"))
         let connection = try await LineClient.connect(port: port, group: group)
