@@ -29,11 +29,11 @@ struct ControlClient {
                 .connect(unixDomainSocketPath: socketPath) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                        // A daemon that accepts and never answers ends the wait: the channel
-                        // closes, the reply is incomplete, and the command says so.
+                        // A daemon that accepts and never answers ends the wait: the reply
+                        // stream fails with `AnswerTimeout`, and the command says so.
                         try channel.pipeline.syncOperations.addHandler(
                             IdleStateHandler(readTimeout: .nanoseconds(timeout.nanoseconds)))
-                        try channel.pipeline.syncOperations.addHandler(IdleConnectionCloser())
+                        try channel.pipeline.syncOperations.addHandler(AnswerTimeoutHandler())
                         return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
                             wrappingChannelSynchronously: channel)
                     }
@@ -44,14 +44,34 @@ struct ControlClient {
             let reason = (error as? IOError).map { String(cString: strerror($0.errnoCode)) } ?? "\(error)"
             throw ControlFailure.unreachable(socketPath, reason)
         }
-        return try await channel.executeThenClose { inbound, outbound in
+        do {
+            return try await exchange(on: channel, method, path, body: json == nil ? nil : body)
+        } catch is AnswerTimeout {
+            throw ControlFailure.noAnswer(socketPath, DurationText.format(timeout))
+        } catch HTTPParserError.invalidEOFState {
+            // The connection closed in the middle of the answer's head or body.
+            throw ControlFailure.brokenAnswer(socketPath, "closed the connection before its answer was complete")
+        } catch let error as HTTPParserError {
+            throw ControlFailure.brokenAnswer(socketPath, "sent an answer that is not HTTP/1.1 (\(error))")
+        } catch let error as IOError {
+            throw ControlFailure.brokenAnswer(socketPath, "broke the connection (\(String(cString: strerror(error.errnoCode))))")
+        } catch ChannelError.ioOnClosedChannel, ChannelError.outputClosed, ChannelError.alreadyClosed {
+            throw ControlFailure.brokenAnswer(socketPath, "closed the connection before reading the request")
+        }
+    }
+
+    private func exchange(
+        on channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>,
+        _ method: HTTPMethod, _ path: String, body: Data?
+    ) async throws -> Reply {
+        try await channel.executeThenClose { inbound, outbound in
             var headers = HTTPHeaders([("Host", "faultline"), ("Connection", "close")])
-            if json != nil {
+            if let body {
                 headers.add(name: "Content-Type", value: "application/json")
                 headers.add(name: "Content-Length", value: "\(body.count)")
             }
             try await outbound.write(.head(HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers)))
-            if !body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
+            if let body, !body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
             try await outbound.write(.end(nil))
             var reply = Reply(status: 0, body: Data())
             for try await part in inbound {
@@ -61,16 +81,37 @@ struct ControlClient {
                 case .end: return reply
                 }
             }
-            throw ControlFailure.noAnswer(socketPath, DurationText.format(timeout))
+            throw ControlFailure.brokenAnswer(socketPath, "closed the connection before its answer was complete")
         }
+    }
+}
+
+/// The reply stream's error when the daemon stayed silent for `--timeout`: told apart from a
+/// connection the daemon closed, which ends the stream early with no error.
+struct AnswerTimeout: Error {}
+
+/// Turns the idle event of the read timeout into `AnswerTimeout` on the reply stream, then closes.
+final class AnswerTimeoutHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = NIOAny
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        context.fireErrorCaught(AnswerTimeout())
+        context.close(promise: nil)
     }
 }
 
 /// Why a faultctl command failed, with its documented exit code.
 enum ControlFailure: Error, CustomStringConvertible {
     case unreachable(String, String)
-    /// Connected, but no complete answer within `--timeout`.
+    /// Connected, but silent for `--timeout`.
     case noAnswer(String, String)
+    /// Connected, but the answer broke off or was not HTTP (a daemon that crashed mid-answer,
+    /// or something else listening on the socket).
+    case brokenAnswer(String, String)
     case answered(status: Int, code: String, message: String)
 
     var description: String {
@@ -79,6 +120,8 @@ enum ControlFailure: Error, CustomStringConvertible {
             "cannot reach faultlined at \(path) (\(error)); is it running? (--socket, FAULTLINE_SOCKET)"
         case .noAnswer(let path, let timeout):
             "faultlined at \(path) did not answer within \(timeout) (--timeout)"
+        case .brokenAnswer(let path, let what):
+            "faultlined at \(path) \(what)"
         case .answered(_, _, let message):
             message
         }
@@ -87,7 +130,7 @@ enum ControlFailure: Error, CustomStringConvertible {
     /// 0 ok, 1 other errors, 2 usage (argument parser), 3 not found, 4 invalid, 5 unreachable.
     var exitCode: Int32 {
         switch self {
-        case .unreachable, .noAnswer: 5
+        case .unreachable, .noAnswer, .brokenAnswer: 5
         case .answered(let status, _, _) where status == 404: 3
         case .answered(let status, _, _) where status == 400 || status == 409 || status == 413 || status == 422: 4
         case .answered: 1
@@ -126,7 +169,11 @@ struct ControlOptions: ParsableArguments {
             reply = try await client.send(method, path, json: body)
         } catch let failure as ControlFailure {
             if json {
-                let code = if case .noAnswer = failure { "no_answer" } else { "unreachable" }
+                let code = switch failure {
+                case .noAnswer: "no_answer"
+                case .brokenAnswer: "broken_answer"
+                default: "unreachable"
+                }
                 let object: [String: Any] = ["error": ["code": code, "message": failure.description, "field": NSNull()]]
                 print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
             } else {

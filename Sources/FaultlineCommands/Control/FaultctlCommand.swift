@@ -8,7 +8,7 @@ public struct FaultctlCommand: AsyncParsableCommand {
         commandName: "faultctl",
         abstract: "Control a running faultlined: list, toggle and inject faults.",
         discussion: """
-            Exit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 invalid, 5 daemon unreachable.
+            Exit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 invalid, 5 daemon unreachable, silent for --timeout or its answer broken off.
             --json prints the daemon's reply (exactly one JSON object) for scripts.
             """,
         version: FaultlineVersion.current,

@@ -40,6 +40,37 @@ struct FaultctlBinaryTests {
         #expect(ContinuousClock.now - start < .seconds(10))
     }
 
+    /// Something on the socket that answers and then breaks off, or speaks another protocol:
+    /// exit 5 (as for an unreachable daemon) with what happened, not a timeout the user never hit.
+    @Test(arguments: [
+        ("", "closed the connection before its answer was complete"),
+        ("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"listeners\"", "closed the connection before its answer was complete"),
+        ("SSH-2.0-OpenSSH_9.2\r\n", "sent an answer that is not HTTP/1.1"),
+    ])
+    func brokenAnswerIsNotATimeout(_ answer: String, _ message: String) async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("fl-broken-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let server = try await ServerBootstrap(group: group)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AnswerThenCloseHandler(answer: answer))
+                }
+            }
+            .bind(unixDomainSocketPath: folder + "/control.sock").get()
+        let start = ContinuousClock.now
+        let result = try await Self.faultctl(["list", "--json"], socket: folder + "/control.sock")
+        #expect(result.status == 5)
+        let error = try #require(
+            (try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any])?["error"] as? [String: Any])
+        #expect(error["code"] as? String == "broken_answer")
+        #expect((error["message"] as? String)?.contains(message) == true, "\(result.output)")
+        #expect(ContinuousClock.now - start < .seconds(10))   // well before the 30 s timeout
+        try await server.close()
+        try await group.shutdownGracefully()
+    }
+
     @Test func everyVerbAgainstTheDaemon() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let echo = try await TestServer.start(group: group) { EchoHandler() }
@@ -123,5 +154,20 @@ struct FaultctlBinaryTests {
         await echo.stop()
         try await group.shutdownGracefully()
         try? FileManager.default.removeItem(atPath: folder)
+    }
+}
+
+/// Waits for a request's head, writes `answer` and closes: a daemon that breaks off its answer.
+private final class AnswerThenCloseHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    let answer: String
+    private var received = ""
+
+    init(answer: String) { self.answer = answer }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        received += String(buffer: unwrapInboundIn(data))
+        guard received.contains("\r\n\r\n") else { return }
+        context.writeAndFlush(NIOAny(ByteBuffer(string: answer))).whenComplete { _ in context.close(promise: nil) }
     }
 }
