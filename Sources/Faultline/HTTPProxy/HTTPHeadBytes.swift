@@ -25,6 +25,12 @@ struct HTTPBlockCollector {
     /// No bytes of an incomplete line or block are held.
     var isEmpty: Bool { partial == nil }
 
+    /// The bytes of the incomplete line or block held so far (empty when none).
+    func withPartialBytes<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        guard let partial else { return try body(UnsafeRawBufferPointer(start: nil, count: 0)) }
+        return try partial.withUnsafeReadableBytes(body)
+    }
+
     /// Up to and including the first line end; nil when it has not come yet.
     mutating func takeLine(_ buffer: inout ByteBuffer) throws(TooLong) -> ByteBuffer? {
         try take(&buffer, block: false)

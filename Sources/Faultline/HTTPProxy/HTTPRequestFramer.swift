@@ -92,7 +92,10 @@ struct HTTPRequestFramer {
         case .head:
             // Empty lines before a request line are ignored (RFC 9112, section 2.2).
             while true {
-                guard let block = try take(&buffer, block: true) else { return nil }
+                guard let block = try take(&buffer, block: true) else {
+                    try checkRequestLineStart()
+                    return nil
+                }
                 if HTTPHeadBytes.isEmptyLine(block) { continue }
                 let (head, body) = try Self.parseHead(block)
                 upgradeAfterEnd = head.headers.contains(name: "upgrade")
@@ -131,6 +134,30 @@ struct HTTPRequestFramer {
         case .upgradePending, .failed:
             return nil
         }
+    }
+
+    /// Refuses an incomplete head at once when its first bytes cannot begin a request line
+    /// (a method is a token followed by a space), rather than after the head timeout: a TLS
+    /// client on a listener without `tls:`, or another protocol, learns at once (as from nginx
+    /// or HAProxy) instead of hanging until the head timeout.
+    private func checkRequestLineStart() throws(MalformedRequest) {
+        let problem: String? = collector.withPartialBytes { bytes in
+            var index = 0
+            while index < bytes.count, bytes[index] == UInt8(ascii: "\r") || bytes[index] == UInt8(ascii: "\n") {
+                index += 1
+            }
+            let methodStart = index
+            while index < bytes.count, bytes[index] != UInt8(ascii: " ") {
+                guard HTTPHeadBytes.isTokenByte(bytes[index]) else {
+                    // 0x16: a TLS record of type handshake, the first byte of every ClientHello.
+                    return index == methodStart && bytes[index] == 0x16
+                        ? "a TLS handshake; this listener has no tls: block" : "malformed request line"
+                }
+                index += 1
+            }
+            return index < bytes.count && index == methodStart ? "malformed request line" : nil
+        }
+        if let problem { throw MalformedRequest(description: problem) }
     }
 
     private mutating func end(_ trailers: HTTPHeaders?) -> Part {

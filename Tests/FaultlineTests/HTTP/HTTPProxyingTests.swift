@@ -206,6 +206,23 @@ import Testing
         }
     }
 
+    /// A TLS client on a listener without `tls:` (https:// to a plain port) is told at once, as
+    /// nginx and HAProxy do, instead of waiting out the head timeout for a line end that a
+    /// ClientHello never sends.
+    @Test func tlsClientOnAPlainListenerFailsAtOnce() async throws {
+        try await withHTTPProxy(configure: { $0.http.headTimeout = .seconds(60) }) { daemon, port, _ in
+            let start = ContinuousClock.now
+            let curl = try await Curl.run(["https://127.0.0.1:\(port)/"], maxTime: 30)
+            #expect(curl.status == 35, "curl: \(curl.log)")   // SSL connect error: a plain-text answer
+            #expect(ContinuousClock.now - start < .seconds(20), "waited for the head timeout")
+            let clientHello = String(decoding: [0x16, 0x03, 0x01, 0x00, 0xa0, 0x01, 0x00, 0x00, 0x9c, 0x03, 0x03], as: UTF8.self)
+            let answer = try await RawHTTP.exchange(port: port, clientHello)
+            #expect(answer.hasPrefix("HTTP/1.1 400 Bad Request"))
+            #expect(answer.contains("a TLS handshake; this listener has no tls: block"))
+            #expect(await daemon.metric(#"faultline_http_requests_total{listener="test",code="4xx"}"#) == 2)
+        }
+    }
+
     /// After the upstream's 101 the connection is a byte tunnel both ways, and what the
     /// upstream sent right behind its 101 is not lost.
     @Test func webSocketUpgradeBecomesATunnel() async throws {

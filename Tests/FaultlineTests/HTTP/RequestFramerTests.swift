@@ -171,6 +171,29 @@ import Testing
         }
     }
 
+    /// A head whose first bytes cannot begin a request line is refused before it is complete
+    /// (nothing else would end it before the head timeout); one whose first bytes can is waited for.
+    @Test func whatCannotBeARequestIsRefusedBeforeItsEnd() throws {
+        for start in ["\u{16}\u{3}\u{1}", "\u{FF}", " GET", "GE(", "GET\t/", "\r\n\u{0}"] {
+            var framer = HTTPRequestFramer(maxHeadBytes: 1024)
+            var buffer = ByteBuffer(string: start)
+            #expect(throws: HTTPRequestFramer.MalformedRequest.self, "\(start.debugDescription)") { _ = try framer.next(&buffer) }
+        }
+        for start in ["G", "GET", "GET ", "GET /a HTTP/1.1\r\nHost", "\r\n\r\nPOST", "M-SEARCH * HTTP/1.1\r\n"] {
+            var framer = HTTPRequestFramer(maxHeadBytes: 1024)
+            var buffer = ByteBuffer(string: start)
+            #expect(try framer.next(&buffer) == nil, "\(start.debugDescription)")
+        }
+        var framer = HTTPRequestFramer(maxHeadBytes: 1024)
+        var hello = ByteBuffer(bytes: [0x16, 0x03, 0x01, 0x00, 0xa0])
+        do {
+            _ = try framer.next(&hello)
+            Issue.record("a ClientHello was taken for the start of a request")
+        } catch {
+            #expect(error.description == "a TLS handshake; this listener has no tls: block")
+        }
+    }
+
     @Test func headsOverTheLimitAreTooLarge() {
         let text = "GET / HTTP/1.1\r\nX-Big: \(String(repeating: "a", count: 300))\r\n\r\n"
         for readSize in [nil, 1, 7, 100] {
