@@ -105,10 +105,15 @@ struct RuleFileParserTests {
                 timeouts:
                   connect: 5
                   idle: 0s
+              - name: web
+                listen: 127.0.0.1:8081
+                upstream: 127.0.0.1:9000
+                timeouts: {idle: 99999999h}
             """
         #expect(errors(text) == [
             #"rules/api.yaml:6:16: listeners[0].timeouts.connect: "5" is not a duration (write it with a unit: 250ms, 1.5s, 2m)"#,
             #"rules/api.yaml:7:13: listeners[0].timeouts.idle: 0s is below the minimum of 1ms"#,
+            #"rules/api.yaml:11:22: listeners[1].timeouts.idle: 99999999h is over the maximum of 100000h"#,
         ])
     }
 
@@ -331,6 +336,9 @@ struct ValueParsingTests {
         #expect(DurationText.parse("5 s") == nil)
         #expect(DurationText.parse("ms") == nil)
         #expect(DurationText.parse("") == nil)
+        #expect(DurationText.parse("100000h") == DurationText.maximum)
+        #expect(DurationText.parse("100000h1s") == nil)
+        #expect(DurationText.parse("1e400h") == nil)
         #expect(DurationText.format(.milliseconds(1500)) == "1500ms")
         #expect(DurationText.format(.seconds(120)) == "2m")
     }

@@ -316,7 +316,13 @@ public struct ControlAPI: Sendable {
 
     func expiry(_ value: Any?, field: String) throws -> Int64? {
         guard let value, !(value is NSNull) else { return nil }
-        guard let text = value as? String, let duration = DurationText.parse(text) else {
+        let duration: Duration
+        switch (value as? String).map(DurationText.read) {
+        case .success(let read)?:
+            duration = read
+        case .failure(.tooLong)?:
+            throw ControlError(.badRequest, "invalid", "\(field): over the maximum of \(DurationText.format(DurationText.maximum))", field: field)
+        default:
             throw ControlError(.badRequest, "invalid", "\(field): expected a duration such as \"60s\"", field: field)
         }
         guard duration > .zero else {

@@ -86,8 +86,15 @@ struct NodeReader {
 
     mutating func duration(_ entry: Fields.Entry, minimum: Duration = .zero) -> Duration? {
         guard let text = string(entry) else { return nil }
-        guard let value = DurationText.parse(text) else {
+        let value: Duration
+        switch DurationText.read(text) {
+        case .success(let duration):
+            value = duration
+        case .failure(.notADuration):
             report("\(entry.path): \"\(text)\" is not a duration (write it with a unit: 250ms, 1.5s, 2m)", at: entry.value)
+            return nil
+        case .failure(.tooLong):
+            report("\(entry.path): \(text) is over the maximum of \(DurationText.format(DurationText.maximum))", at: entry.value)
             return nil
         }
         guard value >= minimum else {

@@ -2,7 +2,28 @@
 /// A bare number is refused: `timeout: 5` could mean seconds or milliseconds, and a fault
 /// injector that guesses wrong by a factor of 1000 ruins the experiment.
 public enum DurationText {
+    /// The longest duration written anywhere (about 11 years): far beyond any experiment, and
+    /// far from where nanoseconds overflow when a deadline is added to it.
+    public static let maximum: Duration = .seconds(100_000 * 3600)
+
+    /// Why a text is not a duration, for the message that says so.
+    public enum Problem: Error {
+        case notADuration
+        case tooLong
+    }
+
     public static func parse(_ text: String) -> Duration? {
+        try? read(text).get()
+    }
+
+    /// The duration, or what is wrong with the text: "99999999h" is too long, not unitless.
+    public static func read(_ text: String) -> Result<Duration, Problem> {
+        guard let nanoseconds = nanoseconds(text) else { return .failure(.notADuration) }
+        guard nanoseconds <= Double(maximum.nanoseconds) else { return .failure(.tooLong) }
+        return .success(.nanoseconds(Int64(nanoseconds.rounded())))
+    }
+
+    private static func nanoseconds(_ text: String) -> Double? {
         var rest = Substring(text.trimmingASCIIWhitespace())
         guard !rest.isEmpty else { return nil }
         var total: Double = 0  // nanoseconds
@@ -24,8 +45,8 @@ public enum DurationText {
             }
             total += value * scale
         }
-        guard total.isFinite, total < 1e18 else { return nil }
-        return .nanoseconds(Int64(total.rounded()))
+        guard total.isFinite else { return nil }
+        return total
     }
 
     /// The shortest exact rendering: `250ms`, `2s`, `1.5s`, `5m`.
