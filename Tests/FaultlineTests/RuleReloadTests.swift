@@ -160,4 +160,33 @@ struct RuleReloadTests {
             #expect(ContinuousClock.now - written < .seconds(2))
         }
     }
+
+    /// The folder removed (or moved away) and made again, as `rm -rf rules && git checkout
+    /// rules` or a deploy does: its rules are read, and later edits in it are seen too.
+    @Test(arguments: [false, true])
+    func folderMadeAgainIsWatched(movedAway: Bool) async throws {
+        try await withReloadingDaemon(["a.yaml": one]) { daemon, folder, echoPort, _ in
+            func waitForListener(_ name: String) async throws -> Bool {
+                let deadline = ContinuousClock.now + .seconds(10)
+                while daemon.proxy.listener(named: name) == nil, ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                return daemon.proxy.listener(named: name) != nil
+            }
+            if movedAway {
+                #expect(rename(folder, folder + "-old") == 0)
+            } else {
+                try FileManager.default.removeItem(atPath: folder)
+            }
+            defer { try? FileManager.default.removeItem(atPath: folder + "-old") }
+            // Gone: refused (the last good rules stay), listener a still there.
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(daemon.proxy.listener(named: "a") != nil)
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            try write(one + "  - {name: d, listen: 127.0.0.1:0, upstream: 127.0.0.1:ECHO}\n", to: folder + "/a.yaml", echoPort: echoPort)
+            #expect(try await waitForListener("d"))
+            try write(one + "  - {name: e, listen: 127.0.0.1:0, upstream: 127.0.0.1:ECHO}\n", to: folder + "/a.yaml", echoPort: echoPort)
+            #expect(try await waitForListener("e"))
+        }
+    }
 }

@@ -8,20 +8,27 @@ import Glibc
 /// (poll(2) with a short timeout, so that `stop()` is seen promptly) and calls `onChange` for
 /// each batch of events that touch a rule file (`*.yaml`, `*.yml`) or a `..name` entry (how
 /// Kubernetes swaps a mounted ConfigMap). Editors' scratch files do not count.
+///
+/// A watch belongs to the folder, not to its path: when the folder is removed or moved away
+/// (`rm -rf rules && git checkout rules`, a deploy that puts a new folder in place), the watch
+/// ends, and the thread looks for a folder at the path again at every poll timeout; when there
+/// is one, it watches that and reports a change, so that its rules are read.
 final class DirectoryWatcher: Sendable {
     private let fd: Int32
     private let stopped = Atomic<Bool>(false)
+    static let mask = UInt32(
+        IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_MODIFY | IN_DELETE_SELF | IN_MOVE_SELF)
 
     init(directory: String, onChange: @escaping @Sendable () -> Void) throws(DirectoryWatcherError) {
         fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
         guard fd >= 0 else { throw DirectoryWatcherError(reason: String(cString: strerror(errno))) }
-        let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_MODIFY)
-        guard inotify_add_watch(fd, directory, mask) >= 0 else {
+        let watch = inotify_add_watch(fd, directory, Self.mask)
+        guard watch >= 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
             throw DirectoryWatcherError(reason: reason)
         }
-        let thread = WatcherThread(fd: fd, stopped: self, onChange: onChange)
+        let thread = WatcherThread(fd: fd, directory: directory, watch: watch, stopped: self, onChange: onChange)
         thread.start()
     }
 
@@ -44,13 +51,19 @@ struct DirectoryWatcherError: Error, CustomStringConvertible {
 
 /// The watcher's thread: a plain pthread, so that it never holds a Swift concurrency thread.
 private final class WatcherThread: @unchecked Sendable {
-    // @unchecked: `fd` and `onChange` are immutable; `watcher` is Sendable. Only the thread reads them.
+    // @unchecked: `fd`, `directory` and `onChange` are immutable; `watcher` is Sendable; `watch`
+    // is read and written by the thread alone once it has started.
     let fd: Int32
+    let directory: String
+    /// The folder's watch; nil once the folder at the path has gone (removed or moved away).
+    var watch: Int32?
     let watcher: DirectoryWatcher
     let onChange: @Sendable () -> Void
 
-    init(fd: Int32, stopped watcher: DirectoryWatcher, onChange: @escaping @Sendable () -> Void) {
+    init(fd: Int32, directory: String, watch: Int32, stopped watcher: DirectoryWatcher, onChange: @escaping @Sendable () -> Void) {
         self.fd = fd
+        self.directory = directory
+        self.watch = watch
         self.watcher = watcher
         self.onChange = onChange
     }
@@ -72,26 +85,57 @@ private final class WatcherThread: @unchecked Sendable {
         while !watcher.isStopped {
             var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             let ready = poll(&poller, 1, 250)
-            guard ready > 0 else { continue }
+            guard ready > 0 else {
+                watchAgainIfGone()
+                continue
+            }
             let count = read(fd, &buffer, buffer.count)
             guard count > 0 else { continue }
-            if Self.touchesRuleFiles(buffer, count: count) { onChange() }
+            let batch = Self.events(buffer, count: count, watch: watch)
+            if batch.folderGone, let watch {
+                // Moved away, the watch would follow the folder to its new place: end it.
+                inotify_rm_watch(fd, watch)
+                self.watch = nil
+            }
+            if batch.touchesRuleFiles { onChange() }
+            if batch.folderGone { watchAgainIfGone() }
         }
     }
 
-    static func touchesRuleFiles(_ buffer: [UInt8], count: Int) -> Bool {
+    /// A folder at the path again (the same one moved back, or a new one): watched from now on,
+    /// and read, since its rule files may be others than the last ones read.
+    private func watchAgainIfGone() {
+        guard watch == nil else { return }
+        let added = inotify_add_watch(fd, directory, DirectoryWatcher.mask)
+        guard added >= 0 else { return }
+        watch = added
+        onChange()
+    }
+
+    struct Batch {
+        var touchesRuleFiles = false
+        /// The watched folder was removed or moved away (its watch ends).
+        var folderGone = false
+    }
+
+    static func events(_ buffer: [UInt8], count: Int, watch: Int32?) -> Batch {
         var offset = 0
         let headerSize = MemoryLayout<inotify_event>.size
-        var relevant = false
+        var batch = Batch()
         while offset + headerSize <= count {
-            let length = buffer.withUnsafeBytes { raw in
-                Int(raw.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self))
+            let (descriptor, mask, length) = buffer.withUnsafeBytes { raw in
+                (raw.loadUnaligned(fromByteOffset: offset, as: Int32.self),
+                 raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self),
+                 Int(raw.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self)))
+            }
+            if descriptor == watch, mask & UInt32(IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED) != 0 {
+                batch.folderGone = true
             }
             let nameBytes = buffer[(offset + headerSize)..<min(count, offset + headerSize + length)]
             let name = String(decoding: nameBytes.prefix { $0 != 0 }, as: UTF8.self)
-            if DirectoryWatcher.isRuleFileEvent(name) { relevant = true }
+            if DirectoryWatcher.isRuleFileEvent(name) { batch.touchesRuleFiles = true }
             offset += headerSize + length
         }
-        return relevant
+        return batch
     }
 }
