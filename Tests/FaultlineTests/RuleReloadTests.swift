@@ -161,10 +161,19 @@ struct RuleReloadTests {
         }
     }
 
-    /// The folder removed (or moved away) and made again, as `rm -rf rules && git checkout
-    /// rules` or a deploy does: its rules are read, and later edits in it are seen too.
-    @Test(arguments: [false, true])
-    func folderMadeAgainIsWatched(movedAway: Bool) async throws {
+    enum FolderChange: CaseIterable, Sendable {
+        /// `rm -rf rules && git checkout rules`.
+        case removedAndMadeAgain
+        /// A deploy that moves the old folder aside and puts a new one in place.
+        case movedAwayAndMadeAgain
+        /// `--rules` through a symbolic link that a deploy switches to another release's folder.
+        case symbolicLinkSwitched
+    }
+
+    /// The folder the rule path names changes: its rules are read, and later edits in it are
+    /// seen too (the watch follows the path, not the first folder).
+    @Test(arguments: FolderChange.allCases)
+    func watchFollowsTheRulePath(_ change: FolderChange) async throws {
         try await withReloadingDaemon(["a.yaml": one]) { daemon, folder, echoPort, _ in
             func waitForListener(_ name: String) async throws -> Bool {
                 let deadline = ContinuousClock.now + .seconds(10)
@@ -173,19 +182,31 @@ struct RuleReloadTests {
                 }
                 return daemon.proxy.listener(named: name) != nil
             }
-            if movedAway {
-                #expect(rename(folder, folder + "-old") == 0)
-            } else {
+            let aside = folder + "-aside"
+            defer { try? FileManager.default.removeItem(atPath: aside) }
+            switch change {
+            case .removedAndMadeAgain:
                 try FileManager.default.removeItem(atPath: folder)
+            case .movedAwayAndMadeAgain:
+                #expect(rename(folder, aside) == 0)
+            case .symbolicLinkSwitched:
+                // The path becomes a link to the same folder (nothing to read), then to another.
+                #expect(rename(folder, aside) == 0)
+                #expect(symlink(aside, folder) == 0)
             }
-            defer { try? FileManager.default.removeItem(atPath: folder + "-old") }
-            // Gone: refused (the last good rules stay), listener a still there.
+            // Meanwhile the last good rules stay in force.
             try await Task.sleep(for: .milliseconds(300))
             #expect(daemon.proxy.listener(named: "a") != nil)
-            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-            try write(one + "  - {name: d, listen: 127.0.0.1:0, upstream: 127.0.0.1:ECHO}\n", to: folder + "/a.yaml", echoPort: echoPort)
+            let target = change == .symbolicLinkSwitched ? folder + "-release2" : folder
+            defer { try? FileManager.default.removeItem(atPath: folder + "-release2") }
+            try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
+            try write(one + "  - {name: d, listen: 127.0.0.1:0, upstream: 127.0.0.1:ECHO}\n", to: target + "/a.yaml", echoPort: echoPort)
+            if change == .symbolicLinkSwitched {
+                #expect(symlink(target, folder + "-link") == 0)
+                #expect(rename(folder + "-link", folder) == 0)   // as `ln -sfn` does, in one step
+            }
             #expect(try await waitForListener("d"))
-            try write(one + "  - {name: e, listen: 127.0.0.1:0, upstream: 127.0.0.1:ECHO}\n", to: folder + "/a.yaml", echoPort: echoPort)
+            try write(one + "  - {name: e, listen: 127.0.0.1:0, upstream: 127.0.0.1:ECHO}\n", to: target + "/a.yaml", echoPort: echoPort)
             #expect(try await waitForListener("e"))
         }
     }

@@ -9,10 +9,13 @@ import Glibc
 /// each batch of events that touch a rule file (`*.yaml`, `*.yml`) or a `..name` entry (how
 /// Kubernetes swaps a mounted ConfigMap). Editors' scratch files do not count.
 ///
-/// A watch belongs to the folder, not to its path: when the folder is removed or moved away
-/// (`rm -rf rules && git checkout rules`, a deploy that puts a new folder in place), the watch
-/// ends, and the thread looks for a folder at the path again at every poll timeout; when there
-/// is one, it watches that and reports a change, so that its rules are read.
+/// A watch belongs to a folder, not to its path. After every batch of events and every poll
+/// timeout the thread looks at what the path names now (`stat`, device and inode): when that is
+/// no longer the folder watched (removed or moved away and made again, as `rm -rf rules && git
+/// checkout rules` does; a symbolic link on the way switched to another release's folder, as
+/// deploy tools do), it watches what is there now and reports a change, so that its rules are
+/// read; when nothing is there, it reports that once (the reload fails and the last good
+/// rules stay in force) and looks again at the next timeout.
 final class DirectoryWatcher: Sendable {
     private let fd: Int32
     private let stopped = Atomic<Bool>(false)
@@ -28,7 +31,8 @@ final class DirectoryWatcher: Sendable {
             close(fd)
             throw DirectoryWatcherError(reason: reason)
         }
-        let thread = WatcherThread(fd: fd, directory: directory, watch: watch, stopped: self, onChange: onChange)
+        let thread = WatcherThread(
+            fd: fd, directory: directory, watch: watch, watched: FolderIdentity(directory), stopped: self, onChange: onChange)
         thread.start()
     }
 
@@ -49,21 +53,40 @@ struct DirectoryWatcherError: Error, CustomStringConvertible {
     var description: String { "cannot watch the rule folder: \(reason)" }
 }
 
+/// Which folder a path names: its device and inode.
+struct FolderIdentity: Equatable {
+    let device: UInt64
+    let inode: UInt64
+
+    /// Nil when the path names no folder.
+    init?(_ path: String) {
+        var status = stat()
+        guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFDIR else { return nil }
+        device = UInt64(status.st_dev)
+        inode = UInt64(status.st_ino)
+    }
+}
+
 /// The watcher's thread: a plain pthread, so that it never holds a Swift concurrency thread.
 private final class WatcherThread: @unchecked Sendable {
     // @unchecked: `fd`, `directory` and `onChange` are immutable; `watcher` is Sendable; `watch`
-    // is read and written by the thread alone once it has started.
+    // and `watched` are read and written by the thread alone once it has started.
     let fd: Int32
     let directory: String
-    /// The folder's watch; nil once the folder at the path has gone (removed or moved away).
+    /// The watch of the folder the path named when last looked at; nil while it names none.
     var watch: Int32?
+    var watched: FolderIdentity?
     let watcher: DirectoryWatcher
     let onChange: @Sendable () -> Void
 
-    init(fd: Int32, directory: String, watch: Int32, stopped watcher: DirectoryWatcher, onChange: @escaping @Sendable () -> Void) {
+    init(
+        fd: Int32, directory: String, watch: Int32, watched: FolderIdentity?, stopped watcher: DirectoryWatcher,
+        onChange: @escaping @Sendable () -> Void
+    ) {
         self.fd = fd
         self.directory = directory
         self.watch = watch
+        self.watched = watched
         self.watcher = watcher
         self.onChange = onChange
     }
@@ -84,58 +107,43 @@ private final class WatcherThread: @unchecked Sendable {
         var buffer = [UInt8](repeating: 0, count: 16 * 1024)
         while !watcher.isStopped {
             var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&poller, 1, 250)
-            guard ready > 0 else {
-                watchAgainIfGone()
-                continue
+            if poll(&poller, 1, 250) > 0 {
+                let count = read(fd, &buffer, buffer.count)
+                if count > 0, Self.touchesRuleFiles(buffer, count: count) { onChange() }
             }
-            let count = read(fd, &buffer, buffer.count)
-            guard count > 0 else { continue }
-            let batch = Self.events(buffer, count: count, watch: watch)
-            if batch.folderGone, let watch {
-                // Moved away, the watch would follow the folder to its new place: end it.
-                inotify_rm_watch(fd, watch)
-                self.watch = nil
-            }
-            if batch.touchesRuleFiles { onChange() }
-            if batch.folderGone { watchAgainIfGone() }
+            followPath()
         }
     }
 
-    /// A folder at the path again (the same one moved back, or a new one): watched from now on,
-    /// and read, since its rule files may be others than the last ones read.
-    private func watchAgainIfGone() {
-        guard watch == nil else { return }
-        let added = inotify_add_watch(fd, directory, DirectoryWatcher.mask)
-        guard added >= 0 else { return }
-        watch = added
+    /// Watches the folder the path names now, if it is another than the one watched.
+    private func followPath() {
+        let current = FolderIdentity(directory)
+        guard current != watched else { return }
+        if let watch { inotify_rm_watch(fd, watch) }  // fails harmlessly when the folder was removed
+        watch = nil
+        watched = nil
+        if current != nil {
+            let added = inotify_add_watch(fd, directory, DirectoryWatcher.mask)
+            guard added >= 0 else { return }  // tried again at the next timeout
+            watch = added
+            watched = current
+        }
         onChange()
     }
 
-    struct Batch {
-        var touchesRuleFiles = false
-        /// The watched folder was removed or moved away (its watch ends).
-        var folderGone = false
-    }
-
-    static func events(_ buffer: [UInt8], count: Int, watch: Int32?) -> Batch {
+    static func touchesRuleFiles(_ buffer: [UInt8], count: Int) -> Bool {
         var offset = 0
         let headerSize = MemoryLayout<inotify_event>.size
-        var batch = Batch()
+        var relevant = false
         while offset + headerSize <= count {
-            let (descriptor, mask, length) = buffer.withUnsafeBytes { raw in
-                (raw.loadUnaligned(fromByteOffset: offset, as: Int32.self),
-                 raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self),
-                 Int(raw.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self)))
-            }
-            if descriptor == watch, mask & UInt32(IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED) != 0 {
-                batch.folderGone = true
+            let length = buffer.withUnsafeBytes { raw in
+                Int(raw.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self))
             }
             let nameBytes = buffer[(offset + headerSize)..<min(count, offset + headerSize + length)]
             let name = String(decoding: nameBytes.prefix { $0 != 0 }, as: UTF8.self)
-            if DirectoryWatcher.isRuleFileEvent(name) { batch.touchesRuleFiles = true }
+            if DirectoryWatcher.isRuleFileEvent(name) { relevant = true }
             offset += headerSize + length
         }
-        return batch
+        return relevant
     }
 }
