@@ -212,12 +212,14 @@ struct RuleFileParserTests {
               - {name: slices, listener: web, slicer: {size: 10, delay: 1ms}}
               - {name: aborts, listener: typo, abort: {status: 503}}
               - {name: expired, listener: secure, certificate: {kind: expired}}
+              - {name: still, listener: secure, bandwidth: {rate: 0}}
             """
         #expect(errors(of: [("rules/api.yaml", text)]) == [
             #"rules/api.yaml:5:15: listeners[0].upstream: "db" is not host:port (it has no port)"#,
             #"rules/api.yaml:7:15: listeners[1].protocol: "htp" is not one of tcp, http; did you mean "http"?"#,
             #"rules/api.yaml:13:18: listeners[2].tls.names: give at least one name"#,
             #"rules/api.yaml:15:5: fault "slices": slicer acts on TCP listeners; on an http listener use one of latency, abort, reset, limit, blackhole, bandwidth, certificate, handshake"#,
+            #"rules/api.yaml:18:55: faults[3].bandwidth.rate: 0 is below the minimum of 1 byte"#,
         ])
     }
 

@@ -143,7 +143,7 @@ struct NodeReader {
             return nil
         }
         guard value >= minimum else {
-            report("\(entry.path): \(text) is below the minimum of \(minimum) bytes", at: entry.value)
+            report("\(entry.path): \(text) is below the minimum of \(minimum) \(minimum == 1 ? "byte" : "bytes")", at: entry.value)
             return nil
         }
         return value
