@@ -50,6 +50,19 @@ struct DaemonBinaryTests {
         try? FileManager.default.removeItem(atPath: folder)
     }
 
+    /// Options that would be left out without a word are usage errors (exit 64), naming both.
+    @Test(arguments: [
+        (["--check", "--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--rules", "rules"], "--rules rules and --listen/--upstream"),
+        (["--check", "--protocol", "http"], "--protocol is for the one-off listener"),
+        (["--check", "--listen", "127.0.0.1:1"], "--listen and --upstream go together"),
+    ])
+    func optionsThatWouldBeIgnoredAreRefused(_ arguments: [String], _ message: String) async throws {
+        let (status, stdout, stderr) = try await DaemonProcess.run(arguments)
+        #expect(status == 64)
+        #expect(stdout.isEmpty)
+        #expect(stderr.contains(message), "\(stderr)")
+    }
+
     @Test func tellsSystemdWhenReadyReloadingAndStopping() async throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("fl-notify-\(UUID().uuidString)").path
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)

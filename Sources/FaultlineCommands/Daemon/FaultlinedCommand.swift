@@ -46,8 +46,11 @@ struct ServeCommand: AsyncParsableCommand {
         discussion: "Default: $STATE_DIRECTORY (systemd), /var/lib/faultline as root, else $XDG_STATE_HOME/faultline or ~/.local/state/faultline."))
     var stateDir: String?
 
-    @Option(name: .long, help: "Folder of rule files (*.yaml).")
-    var rules: String = "rules"
+    @Option(name: .long, help: "Folder of rule files (*.yaml) (default: rules).")
+    var rules: String?
+
+    /// The folder read: `--rules`, or `rules` in the working directory.
+    var rulesFolder: String { rules ?? "rules" }
 
     @Option(name: .long, help: "One-off listener address (with --upstream): no rule files are read.")
     var listen: HostPort?
@@ -55,8 +58,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Upstream for the one-off listener.")
     var upstream: HostPort?
 
-    @Option(name: .long, help: "What the one-off listener speaks: tcp or http.")
-    var `protocol`: ListenerProtocol = .tcp
+    @Option(name: .long, help: "What the one-off listener speaks: tcp or http (default: tcp).")
+    var `protocol`: ListenerProtocol?
 
     @Option(name: .long, help: "Where /metrics is served.")
     var metrics: HostPort = DaemonOptions.defaultMetricsAddress
@@ -107,6 +110,13 @@ struct ServeCommand: AsyncParsableCommand {
         if (listen == nil) != (upstream == nil) {
             throw ValidationError("--listen and --upstream go together")
         }
+        // Given together, one would be left out without a word: the one-off form reads no files.
+        if listen != nil, let rules {
+            throw ValidationError("--rules \(rules) and --listen/--upstream: the one-off listener reads no rule files; give one or the other")
+        }
+        if listen == nil, `protocol` != nil {
+            throw ValidationError("--protocol is for the one-off listener (with --listen and --upstream); a rule file says protocol: for its listeners")
+        }
         if let eventLoops, eventLoops < 1 {
             throw ValidationError("--event-loops must be at least 1")
         }
@@ -124,15 +134,15 @@ struct ServeCommand: AsyncParsableCommand {
         let ruleSet: RuleSet
         if let listen, let upstream {
             ruleSet = RuleSet(listeners: [
-                ListenerRule(name: "default", listen: listen, upstream: upstream, protocol: `protocol`)
+                ListenerRule(name: "default", listen: listen, upstream: upstream, protocol: `protocol` ?? .tcp)
             ])
         } else {
-            switch RuleLoader.load(directory: rules) {
+            switch RuleLoader.load(directory: rulesFolder) {
             case .success(let loaded):
                 ruleSet = loaded
             case .failure(let errors):
                 printToStandardError(errors.description)
-                printToStandardError("faultlined: \(errors.errors.count) error\(errors.errors.count == 1 ? "" : "s") in \(rules); nothing started")
+                printToStandardError("faultlined: \(errors.errors.count) error\(errors.errors.count == 1 ? "" : "s") in \(rulesFolder); nothing started")
                 throw ExitCode(1)
             }
         }
@@ -160,7 +170,7 @@ struct ServeCommand: AsyncParsableCommand {
         options.demoAddress = demo
         options.gracePeriod = grace.value
         options.seed = seed
-        options.rulesDirectory = listen == nil ? rules : nil
+        options.rulesDirectory = listen == nil ? rulesFolder : nil
 
         let daemon: Daemon
         do {
