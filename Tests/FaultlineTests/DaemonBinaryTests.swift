@@ -55,6 +55,8 @@ struct DaemonBinaryTests {
         (["--check", "--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--rules", "rules"], "--rules rules and --listen/--upstream"),
         (["--check", "--protocol", "http"], "--protocol is for the one-off listener"),
         (["--check", "--listen", "127.0.0.1:1"], "--listen and --upstream go together"),
+        (["--check", "--no-metrics", "--metrics", "127.0.0.1:1"], "--no-metrics and --metrics 127.0.0.1:1"),
+        (["--check", "--no-control", "--control-socket", "/tmp/x.sock"], "--no-control and --control-socket"),
     ])
     func optionsThatWouldBeIgnoredAreRefused(_ arguments: [String], _ message: String) async throws {
         let (status, stdout, stderr) = try await DaemonProcess.run(arguments)

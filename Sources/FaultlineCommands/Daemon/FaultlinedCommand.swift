@@ -61,8 +61,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "What the one-off listener speaks: tcp or http (default: tcp).")
     var `protocol`: ListenerProtocol?
 
-    @Option(name: .long, help: "Where /metrics is served.")
-    var metrics: HostPort = DaemonOptions.defaultMetricsAddress
+    @Option(name: .long, help: "Where /metrics is served (default: \(DaemonOptions.defaultMetricsAddress)).")
+    var metrics: HostPort?
 
     @Option(name: .long, help: ArgumentHelp(
         "The control socket (faultctl, curl --unix-socket).",
@@ -114,6 +114,12 @@ struct ServeCommand: AsyncParsableCommand {
         if listen != nil, let rules {
             throw ValidationError("--rules \(rules) and --listen/--upstream: the one-off listener reads no rule files; give one or the other")
         }
+        if noMetrics, let metrics {
+            throw ValidationError("--no-metrics and --metrics \(metrics): give one or the other")
+        }
+        if noControl, let option = controlSocket.map({ _ in "--control-socket" }) ?? controlGroup.map({ _ in "--control-group" }) {
+            throw ValidationError("--no-control and \(option): give one or the other")
+        }
         if listen == nil, `protocol` != nil {
             throw ValidationError("--protocol is for the one-off listener (with --listen and --upstream); a rule file says protocol: for its listeners")
         }
@@ -160,7 +166,7 @@ struct ServeCommand: AsyncParsableCommand {
         if getenv("MALLOC_ARENA_MAX") == nil {
             limitMallocArenas(to: options.eventLoops + 1)
         }
-        options.metricsAddress = noMetrics ? nil : metrics
+        options.metricsAddress = noMetrics ? nil : metrics ?? DaemonOptions.defaultMetricsAddress
         if !noControl {
             options.controlSocket = ControlSocketPath.resolve(controlSocket)
         }
