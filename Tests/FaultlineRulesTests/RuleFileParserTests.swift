@@ -213,6 +213,7 @@ struct RuleFileParserTests {
               - {name: aborts, listener: typo, abort: {status: 503}}
               - {name: expired, listener: secure, certificate: {kind: expired}}
               - {name: still, listener: secure, bandwidth: {rate: 0}}
+              - {name: later, listener: secure, refuse: {after: 1s}}
             """
         #expect(errors(of: [("rules/api.yaml", text)]) == [
             #"rules/api.yaml:5:15: listeners[0].upstream: "db" is not host:port (it has no port)"#,
@@ -220,6 +221,7 @@ struct RuleFileParserTests {
             #"rules/api.yaml:13:18: listeners[2].tls.names: give at least one name"#,
             #"rules/api.yaml:15:5: fault "slices": slicer acts on TCP listeners; on an http listener use one of latency, abort, reset, limit, blackhole, bandwidth, certificate, handshake"#,
             #"rules/api.yaml:18:55: faults[3].bandwidth.rate: 0 is below the minimum of 1 byte"#,
+            #"rules/api.yaml:19:46: unknown key "faults[4].refuse.after"; refuse takes no keys (write {})"#,
         ])
     }
 

@@ -48,6 +48,9 @@ struct NodeReader {
                 var message = "unknown key \"\(qualified)\""
                 if let suggestion = Self.closest(to: key, in: allowed) {
                     message += "; did you mean \"\(suggestion)\"?"
+                } else if allowed.isEmpty {
+                    let owner = path.split(separator: ".").last.map(String.init) ?? "this"
+                    message += "; \(owner) takes no keys (write {})"
                 } else {
                     message += "; expected one of \(allowed.joined(separator: ", "))"
                 }
