@@ -329,6 +329,65 @@ struct RuleFileParserTests {
     }
 }
 
+/// Anchors and merge keys, as in Docker Compose files: shared settings written once.
+struct MergeKeyTests {
+    @Test func mergedSettingsFillInWhatAListenerDoesNotSay() throws {
+        let text = """
+            x-base: &base
+              upstream: 127.0.0.1:9000
+              timeouts: {connect: 2s, idle: 5m}
+            x-slow: &slow
+              <<: *base
+              timeouts: {connect: 9s}
+            listeners:
+              - {name: a, listen: 127.0.0.1:8001, <<: *base}
+              - <<: *base
+                name: b
+                listen: 127.0.0.1:8002
+                upstream: 127.0.0.1:9001
+              - {name: c, listen: 127.0.0.1:8003, <<: [*slow, *base]}
+            """
+        let set = try RuleLoader.load(sources: [("rules/m.yaml", text)]).get()
+        let byName = Dictionary(uniqueKeysWithValues: set.listeners.map { ($0.name, $0) })
+        #expect(byName["a"]?.upstream.description == "127.0.0.1:9000")
+        #expect(byName["a"]?.connectTimeout == .seconds(2))
+        #expect(byName["b"]?.upstream.description == "127.0.0.1:9001")   // its own key wins
+        #expect(byName["c"]?.connectTimeout == .seconds(9))   // the first mapping merged wins
+        #expect(byName["c"]?.idleTimeout == ListenerRule.defaultIdleTimeout)   // timeouts is one value
+        #expect(byName["c"]?.upstream.description == "127.0.0.1:9000")   // through slow's own merge
+    }
+
+    @Test func errorsInMergedSettingsPointAtTheAnchor() {
+        let text = """
+            x-base: &base
+              upstrem: 127.0.0.1:9000
+            listeners:
+              - {name: a, listen: 127.0.0.1:8001, <<: *base}
+              - {name: b, listen: 127.0.0.1:8002, upstream: 127.0.0.1:9000, <<: 5}
+            """
+        #expect(RuleFileParserTests().errors(text) == [
+            #"rules/api.yaml:2:3: unknown key "listeners[0].upstrem"; did you mean "upstream"?"#,
+            #"rules/api.yaml:4:5: listeners[0].upstream: required key is missing"#,
+            #"rules/api.yaml:5:69: listeners[1].<<: expected an alias of a mapping (<<: *name) or a list of them"#,
+        ])
+    }
+
+    /// Anchors of anchors, each merged many times: the reader stops at its budget instead of
+    /// walking an exponential tree.
+    @Test func mergesAreBounded() {
+        var text = "x-l0: &l0 {upstream: 127.0.0.1:9000}\n"
+        for level in 1...20 {
+            let previous = Array(repeating: "*l\(level - 1)", count: 10).joined(separator: ", ")
+            text += "x-l\(level): &l\(level) {<<: [\(previous)]}\n"
+        }
+        text += "listeners:\n  - {name: a, listen: 127.0.0.1:8001, <<: *l20}\n"
+        let start = ContinuousClock.now
+        let errors = RuleFileParserTests().errors(text)
+        #expect(errors.contains { $0.contains("more than 64 mappings merged into one") }, "\(errors)")
+        #expect(ContinuousClock.now - start < .seconds(5))
+    }
+}
+
 struct ValueParsingTests {
     @Test func durations() {
         #expect(DurationText.parse("250ms") == .milliseconds(250))

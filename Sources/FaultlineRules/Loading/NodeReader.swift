@@ -37,37 +37,93 @@ struct NodeReader {
             return nil
         }
         var entries: [String: Fields.Entry] = [:]
+        // `<<: *anchor` (YAML's merge key, as in Docker Compose files): the anchored mapping's
+        // entries, or those of a list of them, fill in what the mapping does not say itself.
+        var merged: [Node] = []
         for (keyNode, valueNode) in mapping {
             guard case let .scalar(scalar) = keyNode else {
                 report("\(path): keys must be plain names", at: keyNode)
                 continue
             }
             let key = scalar.string
-            let qualified = path.isEmpty ? key : "\(path).\(key)"
-            guard allowed.contains(key) else {
-                var message = "unknown key \"\(qualified)\""
-                if let suggestion = Self.closest(to: key, in: allowed) {
-                    message += "; did you mean \"\(suggestion)\"?"
-                } else if allowed.isEmpty {
-                    let owner = path.split(separator: ".").last.map(String.init) ?? "this"
-                    message += "; \(owner) takes no keys (write {})"
-                } else {
-                    message += "; expected one of \(allowed.joined(separator: ", "))"
-                }
-                report(message, at: keyNode)
+            if key == "<<", scalar.style == .plain {
+                var budget = Self.mergeBudget
+                addMerge(valueNode, to: &merged, path: path, budget: &budget)
                 continue
             }
+            // Top-level `x-` keys hold anchors for the rest of the file, and are not rules.
+            if path.isEmpty, key.hasPrefix("x-") { continue }
             if entries[key] != nil {
-                report("\(qualified): key given twice", at: keyNode)
+                report("\(path.isEmpty ? key : "\(path).\(key)"): key given twice", at: keyNode)
                 continue
             }
-            entries[key] = Fields.Entry(key: keyNode, value: valueNode, path: qualified)
+            if let entry = entry(key: keyNode, named: key, value: valueNode, path: path, allowed: allowed) {
+                entries[key] = entry
+            }
+        }
+        // The first merged mapping that has a key gives it (YAML's merge order).
+        for source in merged {
+            guard case let .mapping(mapping) = source else { continue }
+            for (keyNode, valueNode) in mapping {
+                guard case let .scalar(scalar) = keyNode, scalar.string != "<<", entries[scalar.string] == nil else { continue }
+                if let entry = entry(key: keyNode, named: scalar.string, value: valueNode, path: path, allowed: allowed) {
+                    entries[scalar.string] = entry
+                }
+            }
         }
         for key in required where entries[key] == nil {
             let qualified = path.isEmpty ? key : "\(path).\(key)"
             report("\(qualified): required key is missing", at: node)
         }
         return Fields(node: node, entries: entries)
+    }
+
+    /// How many mappings one mapping may merge in, nested merges included: a file cannot make
+    /// the reader walk the same anchors exponentially often ("billion laughs").
+    static let mergeBudget = 64
+
+    /// The mappings a merge key's value brings, in YAML's order: each mapping, then what it
+    /// merges itself, so that its own keys come before those of its merges.
+    private mutating func addMerge(_ value: Node, to merged: inout [Node], path: String, budget: inout Int) {
+        let place = path.isEmpty ? "<<" : path + ".<<"
+        let sources: [Node]
+        switch value {
+        case .mapping: sources = [value]
+        case .sequence(let list) where list.allSatisfy({ $0.mapping != nil }): sources = Array(list)
+        default:
+            report("\(place): expected an alias of a mapping (<<: *name) or a list of them", at: value)
+            return
+        }
+        for source in sources {
+            guard budget > 0 else {
+                report("\(place): more than \(Self.mergeBudget) mappings merged into one", at: value)
+                return
+            }
+            budget -= 1
+            merged.append(source)
+            for (keyNode, nested) in source.mapping ?? [:] where keyNode.scalar?.string == "<<" {
+                addMerge(nested, to: &merged, path: path, budget: &budget)
+            }
+        }
+    }
+
+    /// The entry of a known key; an unknown one is reported (with a did-you-mean) and is nil.
+    private mutating func entry(key keyNode: Node, named key: String, value: Node, path: String, allowed: [String]) -> Fields.Entry? {
+        let qualified = path.isEmpty ? key : "\(path).\(key)"
+        guard allowed.contains(key) else {
+            var message = "unknown key \"\(qualified)\""
+            if let suggestion = Self.closest(to: key, in: allowed) {
+                message += "; did you mean \"\(suggestion)\"?"
+            } else if allowed.isEmpty {
+                let owner = path.split(separator: ".").last.map(String.init) ?? "this"
+                message += "; \(owner) takes no keys (write {})"
+            } else {
+                message += "; expected one of \(allowed.joined(separator: ", "))"
+            }
+            report(message, at: keyNode)
+            return nil
+        }
+        return Fields.Entry(key: keyNode, value: value, path: qualified)
     }
 
     mutating func string(_ entry: Fields.Entry) -> String? {
