@@ -45,6 +45,14 @@ struct RuleFileParserTests {
         #expect(set.summary == "1 file, 2 listeners: api 127.0.0.1:8080 -> db.internal:5432, v6 [::1]:0 -> [::1]:9000")
     }
 
+    /// The summary is one log line at every reload: a rule set of many listeners names the first.
+    @Test func summaryOfManyListenersNamesTheFirst() throws {
+        let text = "listeners:\n" + (0..<25).map { "  - {name: l\($0), listen: 127.0.0.1:\(20000 + $0), upstream: 127.0.0.1:9}\n" }.joined()
+        let summary = try RuleLoader.load(sources: [("rules/a.yaml", text)]).get().summary
+        #expect(summary.hasPrefix("1 file, 25 listeners: l0 127.0.0.1:20000 -> 127.0.0.1:9, l1 "))
+        #expect(summary.hasSuffix("l19 127.0.0.1:20019 -> 127.0.0.1:9, and 5 more"))
+    }
+
     @Test func commentsOnlyFileIsEmpty() throws {
         let set = try RuleLoader.load(sources: [("rules/off.yaml", "# nothing here\n")]).get()
         #expect(set.listeners.isEmpty)

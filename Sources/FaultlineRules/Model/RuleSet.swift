@@ -21,9 +21,16 @@ public struct RuleSet: Sendable, Hashable {
         listeners.first { $0.name == name }
     }
 
-    /// One line for logs and `--check`: what would run.
+    /// How many listeners the summary names: it is one log line at every start and reload.
+    public static let summaryListenerLimit = 20
+
+    /// One line for logs and `--check`: what would run (the first listeners by name and address;
+    /// `faultctl status` lists them all).
     public var summary: String {
-        let names = listeners.map { "\($0.name) \($0.listen) -> \($0.upstream)" }
+        var names = listeners.prefix(Self.summaryListenerLimit).map { "\($0.name) \($0.listen) -> \($0.upstream)" }
+        if listeners.count > Self.summaryListenerLimit {
+            names.append("and \(listeners.count - Self.summaryListenerLimit) more")
+        }
         let filesPart = "\(files.count) file\(files.count == 1 ? "" : "s")"
         var listenersPart = "\(listeners.count) listener\(listeners.count == 1 ? "" : "s")"
         if !faults.isEmpty {
