@@ -11,7 +11,7 @@ import NIOSSL
 final class HTTPExchange {
     let startedAt = NIODeadline.now()
     let isHead: Bool
-    let clientKeepAlive: Bool
+    var clientKeepAlive: Bool
     /// An HTTP/1.0 client keeps its connection only when the answer says so.
     var clientIsHTTP10 = false
     /// The head as sent upstream, kept to send it again if a reused upstream connection
@@ -330,6 +330,7 @@ final class HTTPProxyConnection: TrackedConnection {
         tracker.requestsInFlight += 1
         if head.uri.utf8.count > settings.maxHeadBytes {
             reply(exchange, 431, "request line longer than \(settings.maxHeadBytes) bytes\n")
+            answerAtOnceIfBodyAwaited(head, exchange)
             return
         }
         exchange.upgradeRequested = head.headers.contains(name: "upgrade")
@@ -339,7 +340,10 @@ final class HTTPProxyConnection: TrackedConnection {
         var unchanged = true
         if !faultConfiguration.faults.isEmpty || settings.headerFaults.enabled {
             unchanged = decideFault(&head, exchange)
-            if exchange.dropRequest || !clientActive { return }
+            if exchange.dropRequest || !clientActive {
+                answerAtOnceIfBodyAwaited(head, exchange)
+                return
+            }
         }
         if exchange.upgradeRequested {
             upstreamUpgradeSent = true
@@ -429,6 +433,21 @@ final class HTTPProxyConnection: TrackedConnection {
             break  // acts on the response
         }
         return unchanged
+    }
+
+    /// A client that sent `Expect: 100-continue` holds its body back until it hears 100 (curl
+    /// for 1 s, other clients longer), which only the upstream would send. So Faultline's own
+    /// answer (an abort, a 400) goes out at once, as from a server that refuses the body (RFC
+    /// 9110, section 10.1.1), and the connection closes after it: whether the body follows is
+    /// then up to the client, so the next bytes could not be read as a request.
+    private func answerAtOnceIfBodyAwaited(_ head: HTTPRequestHead, _ exchange: HTTPExchange) {
+        guard clientActive, let reply = exchange.pendingReply, !exchange.requestEnded,
+            head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }),
+            head.headers.contains(name: "transfer-encoding") || (head.headers.first(name: "content-length").flatMap { Int($0) } ?? 0) > 0
+        else { return }
+        exchange.pendingReply = nil
+        exchange.clientKeepAlive = false
+        answer(exchange, status: reply.status, headers: reply.headers, body: reply.body, made: exchange.pendingReplyBytes)
     }
 
     /// Faultline answers the request itself, once the request has been read in full.

@@ -42,6 +42,30 @@ import Testing
         }
     }
 
+    /// A client that sent `Expect: 100-continue` hears the abort at once and never sends its
+    /// body (curl told to wait 20 s for a 100 that only the upstream would send); the connection
+    /// closes after the answer. A request without the header keeps its connection.
+    @Test func abortAnswersAClientThatAwaitsContinueAtOnce() async throws {
+        let abort = HTTPAbort(status: 503, headers: [], body: "down\n")
+        try await withHTTPProxy(faults: [fault("down", .abort(abort))]) { daemon, port, _ in
+            let body = String(repeating: "x", count: 100_000)
+            let start = ContinuousClock.now
+            let awaited = try await Curl.run([
+                "-v", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}", "--expect100-timeout", "20",
+                "-H", "Expect: 100-continue", "--data-binary", body, "http://127.0.0.1:\(port)/upload",
+            ], maxTime: 30)
+            #expect(awaited.text == "503 0", "curl: \(awaited.log)")
+            #expect(ContinuousClock.now - start < .seconds(10))
+            #expect(awaited.log.contains("Connection: close"))
+            let sent = try await Curl.run([
+                "-o", "/dev/null", "-w", "%{http_code} %{size_upload}", "-H", "Expect:", "--data-binary", body,
+                "http://127.0.0.1:\(port)/upload",
+            ])
+            #expect(sent.text == "503 100000")
+            #expect(await daemon.injections("down") == 2)
+        }
+    }
+
     /// A delayed response must not hold up the next request on the same kept-alive connection
     /// (found by the soak: the upstream's reads stayed held after a small delayed response).
     @Test func delayedResponsesOnOneKeptAliveConnection() async throws {
