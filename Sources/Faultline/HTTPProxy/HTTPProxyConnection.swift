@@ -884,6 +884,18 @@ final class HTTPProxyConnection: TrackedConnection {
 
     func upstreamError(_ error: any Error, generation: Int) {
         guard generation == self.generation else { return }
+        if let reason = UpstreamTLSFailure.reason(error) {
+            listener.metrics.connectFailures(.tls).increment()
+            metrics.upstreamErrors[.connectTLS]!.increment()
+            tracker.upstreamFailures.failed(
+                UpstreamFailureReason.tls.rawValue, error: error, connection: id, upstream: "\(listener.rule.upstream)",
+                message: "upstream TLS handshake failed; answering 502", logger: logger)
+            let channel = upstreamChannel
+            forgetUpstream()
+            channel?.close(promise: nil)
+            if let exchange { fail(exchange, 502, "faultline: TLS with the upstream \(listener.rule.upstream) failed (\(reason))\n") }
+            return
+        }
         if let ioError = error as? IOError, ioError.errnoCode == ECONNRESET || ioError.errnoCode == EPIPE {
             upstreamResetSeen = true
         } else if error is HTTPResponseFramer.FramingError {

@@ -198,6 +198,7 @@ enum HTTPUpstreamError: String, CaseIterable, Sendable {
     case connectUnreachable = "connect_unreachable"
     case connectTimeout = "connect_timeout"
     case connectResolve = "connect_resolve"
+    case connectTLS = "connect_tls"
     case connectOther = "connect_other"
     /// The upstream reset the connection before the response was complete.
     case reset
@@ -217,6 +218,7 @@ enum HTTPUpstreamError: String, CaseIterable, Sendable {
         case .unreachable: self = .connectUnreachable
         case .timeout: self = .connectTimeout
         case .resolve: self = .connectResolve
+        case .tls: self = .connectTLS
         case .other: self = .connectOther
         }
     }

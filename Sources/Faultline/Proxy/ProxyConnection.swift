@@ -184,6 +184,12 @@ final class ProxyConnection: TrackedConnection {
     func errorCaught(_ error: any Error, on side: ProxySide) {
         if let ioError = error as? IOError, ioError.errnoCode == ECONNRESET || ioError.errnoCode == EPIPE {
             if resetOn == nil { resetOn = side }
+        } else if side == .upstream, UpstreamTLSFailure.reason(error) != nil {
+            // Connected, but no TLS: a failed dial, as the client and the metrics see it.
+            listener.metrics.connectFailures(.tls).increment()
+            tracker.upstreamFailures.failed(
+                UpstreamFailureReason.tls.rawValue, error: error, connection: id, upstream: "\(listener.rule.upstream)",
+                message: "upstream TLS handshake failed; closing client", logger: logger)
         } else if !(error is ChannelError) {
             logger.debug("connection error", metadata: ["conn.id": "\(id)", "side": "\(side)", "error": "\(error)"])
         }
@@ -424,9 +430,15 @@ enum UpstreamFailureReason: String, CaseIterable, Sendable {
     case unreachable
     case timeout
     case resolve
+    /// Connected, but the TLS handshake with the upstream failed (`upstream_tls`).
+    case tls
     case other
 
     init(_ error: any Error) {
+        if UpstreamTLSFailure.reason(error) != nil {
+            self = .tls
+            return
+        }
         if let error = error as? ChannelError, case .connectTimeout = error {
             self = .timeout
             return

@@ -67,6 +67,9 @@ final class UpstreamFailureLog {
     /// The error in a user's words: the system's for a socket error (NIO's own description of
     /// an `IOError` names the call and adds the errno), the cause for a dial that failed.
     static func describe(_ error: any Error) -> String {
+        if let reason = UpstreamTLSFailure.reason(error) {
+            return reason
+        }
         if let error = error as? IOError {
             return String(cString: strerror(error.errnoCode))
         }

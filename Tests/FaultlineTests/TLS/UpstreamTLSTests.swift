@@ -31,13 +31,17 @@ import Testing
                 #expect(result.status == 0, "\(name): \(result.log)")
                 #expect(result.text == "hello from the Faultline demo service\n", "\(name)")
             }
-            // The system's roots do not include Faultline's CA: no answer from the upstream.
+            // The system's roots do not include Faultline's CA: no answer from the upstream, and
+            // a failed handshake is said to be one (not "the upstream closed the connection").
             let refused = try await Curl.run(["-i", "http://127.0.0.1:\(daemon.port("system-roots"))/"])
             if proto == .http {
                 #expect(refused.text.hasPrefix("HTTP/1.1 502 Bad Gateway"), "\(refused.text)")
+                #expect(refused.text.hasSuffix("failed (certificate verify failed)\n"), "\(refused.text)")
+                #expect(await daemon.metric(#"faultline_http_upstream_errors_total{listener="system-roots",kind="connect_tls"}"#) == 1)
             } else {
                 #expect(refused.status != 0 && refused.body.isEmpty, "\(refused.log)")
             }
+            #expect(await daemon.metric(#"faultline_upstream_connect_failures_total{listener="system-roots",reason="tls"}"#) == 1)
             await daemon.shutdown()
         }
     }
