@@ -8,10 +8,13 @@ struct InjectCommand: AsyncParsableCommand {
         commandName: "inject",
         abstract: "Create a runtime fault (same schema and checks as the rule files).",
         discussion: """
-            KIND is latency, bandwidth, slicer, reset, refuse, blackhole, limit, cut, slow_close or abort.
+            KIND is latency, bandwidth, slicer, reset, refuse, blackhole, limit, cut, slow_close, abort,
+            certificate or handshake (the last two on TLS listeners, with --as).
             Examples:
               faultctl inject latency --listener api --delay 200ms --jitter 50ms --for 60s
               faultctl inject abort --listener web --status 503 --header 'Retry-After: 5' --path /checkout --for 2m
+              faultctl inject certificate --as expired --listener secure --for 5m
+              faultctl inject handshake --as delay --delay 3s --listener secure --for 1m
             """)
 
     @Argument(help: "What the fault does.") var kind: String
@@ -36,9 +39,19 @@ struct InjectCommand: AsyncParsableCommand {
     @Option(name: .long, help: "abort: status.") var status: String?
     @Option(name: .long, help: "abort: a header, 'Name: value' (repeat).") var header: [String] = []
     @Option(name: .long, help: "abort: body.") var body: String?
+    @Option(name: .customLong("as"), help: ArgumentHelp(
+        "certificate: expired, not_yet_valid, expiring_soon, wrong_host, self_signed or untrusted_root; handshake: close, delay, old_protocol, alert or client_certificate.",
+        valueName: "which")) var which: String?
+    @Option(name: .long, help: "certificate (expiring_soon): expires within this long.") var within: String?
     @Option(name: .long, help: "HTTP: only this method (repeat).") var method: [String] = []
     @Option(name: .long, help: "HTTP: only paths with this prefix.") var path: String?
     @OptionGroup var control: ControlOptions
+
+    func validate() throws {
+        if ["certificate", "handshake"].contains(kind), which == nil {
+            throw ValidationError("\(kind) needs --as (which \(kind) fault: see --help)")
+        }
+    }
 
     func run() async throws {
         var settings: [String: Any] = [:]
@@ -46,6 +59,7 @@ struct InjectCommand: AsyncParsableCommand {
             ("delay", delay), ("jitter", jitter), ("distribution", distribution), ("apply", apply), ("rate", rate),
             ("size", size), ("variation", variation), ("after", after), ("after_bytes", afterBytes), ("bytes", bytes),
             ("close_after", closeAfter), ("mode", mode), ("status", status), ("body", body),
+            ("kind", which), ("within", within),
         ]
         for case (let key, let value?) in given { settings[key] = value }
         if !header.isEmpty {
@@ -79,7 +93,8 @@ struct InjectCommand: AsyncParsableCommand {
     /// within one second gets two names, and the whole stays within the 64 characters a name
     /// may have (a long listener name is shortened).
     static func defaultName(kind: String, listener: String) -> String {
-        let suffix = "-\(Int(Date().timeIntervalSince1970))-" + String(UInt16.random(in: 0...UInt16.max), radix: 16)
+        let random = String(UInt16.random(in: 0...UInt16.max), radix: 16)
+        let suffix = "-\(Int(Date().timeIntervalSince1970))-" + String(repeating: "0", count: 4 - random.count) + random
         return String("\(kind)-\(listener)".prefix(64 - suffix.count)) + suffix
     }
 }

@@ -157,6 +157,51 @@ struct FaultctlBinaryTests {
     }
 }
 
+extension FaultctlBinaryTests {
+    /// Certificate and handshake faults from the command line (`--as` says which), on the wire
+    /// against curl; `--as` left out is a usage error.
+    @Test func certificateFaultInjectedFromTheCommandLine() async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("fl-ctl-tls-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder + "/rules", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let (port, demoPort) = (try unusedPort(), try unusedPort())
+        try """
+            listeners:
+              - {name: secure, listen: 127.0.0.1:\(port), upstream: 127.0.0.1:\(demoPort), tls: {names: [127.0.0.1]}}
+            """.write(toFile: folder + "/rules/a.yaml", atomically: true, encoding: .utf8)
+        let socket = folder + "/control.sock"
+        let daemon = try DaemonProcess([
+            "--rules", folder + "/rules", "--no-metrics", "--control-socket", socket, "--demo", "127.0.0.1:\(demoPort)",
+            "--state-dir", folder + "/state",
+        ])
+        #expect(await daemon.waitForLog("started"))
+        let ca = try await Self.faultctl(["ca", "export"], socket: socket)
+        try ca.output.write(toFile: folder + "/ca.pem", atomically: true, encoding: .utf8)
+        let url = "https://127.0.0.1:\(port)/"
+        #expect(try await Curl.run(["--cacert", folder + "/ca.pem", url]).status == 0)
+
+        let injected = try await Self.faultctl(
+            ["inject", "certificate", "--as", "expired", "--listener", "secure", "--for", "1m"], socket: socket)
+        #expect(injected.status == 0, "\(injected.error)")
+        // The default name: KIND-LISTENER-<time>-<four hex digits>.
+        let name = String(injected.output.prefix { $0 != " " })
+        #expect(name.wholeMatch(of: /certificate-secure-[0-9]+-[0-9a-f]{4}/) != nil, "\(name)")
+        let expired = try await Curl.run(["--cacert", folder + "/ca.pem", url])
+        #expect(expired.status == 60 && expired.log.contains("expired"), "\(expired.log)")
+        #expect(try await Self.faultctl(["remove", name], socket: socket).status == 0)
+        #expect(try await Self.faultctl(
+            ["inject", "handshake", "--as", "close", "--listener", "secure", "--name", "hangup"], socket: socket).status == 0)
+        #expect(try await Curl.run(["--cacert", folder + "/ca.pem", url]).status == 35)
+        #expect(try await Self.faultctl(["remove", "hangup"], socket: socket).status == 0)
+        #expect(try await Curl.run(["--cacert", folder + "/ca.pem", url]).status == 0)
+
+        let missing = try await Self.faultctl(["inject", "certificate", "--listener", "secure"], socket: socket)
+        #expect(missing.status == 2 && missing.error.contains("certificate needs --as"), "\(missing.error)")
+        daemon.signal(SIGTERM)
+        await daemon.expectCleanExit()
+    }
+}
+
 /// Waits for a request's head, writes `answer` and closes: a daemon that breaks off its answer.
 private final class AnswerThenCloseHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
