@@ -50,6 +50,15 @@ public struct ControlAPI: Sendable {
             $0.removingPercentEncoding ?? String($0)
         }
         do {
+            // With --control-address, any web page open on the machine could send this API
+            // requests (a form's POST, or reads after DNS rebinding): browsers are refused, by
+            // the User-Agent every browser sends (as Toxiproxy does) and the headers that only
+            // browsers add to requests a page makes.
+            if request.headers.first(name: "User-Agent")?.hasPrefix("Mozilla/") == true
+                || request.headers.contains(name: "Origin") || request.headers.contains(name: "Sec-Fetch-Mode")
+            {
+                throw ControlError(.forbidden, "forbidden", "browsers may not use the control API; use faultctl or curl")
+            }
             guard parts.first == "v1" else {
                 throw ControlError(.notFound, "not_found", "unknown path \(request.path); the API is under /v1/")
             }

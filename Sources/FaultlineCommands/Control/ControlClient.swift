@@ -24,24 +24,40 @@ struct ControlClient {
     func send(_ method: HTTPMethod, _ path: String, json: [String: Any]? = nil) async throws -> Reply {
         let body = try json.map { try JSONSerialization.data(withJSONObject: $0) } ?? Data()
         let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
+        let timeout = self.timeout
+        let initializer: @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>> = {
+            channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                // A daemon that accepts and never answers ends the wait: the reply
+                // stream fails with `AnswerTimeout`, and the command says so.
+                try channel.pipeline.syncOperations.addHandler(
+                    IdleStateHandler(readTimeout: .nanoseconds(timeout.nanoseconds)))
+                try channel.pipeline.syncOperations.addHandler(AnswerTimeoutHandler())
+                return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
+                    wrappingChannelSynchronously: channel)
+            }
+        }
         do {
-            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connect(unixDomainSocketPath: socketPath) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                        // A daemon that accepts and never answers ends the wait: the reply
-                        // stream fails with `AnswerTimeout`, and the command says so.
-                        try channel.pipeline.syncOperations.addHandler(
-                            IdleStateHandler(readTimeout: .nanoseconds(timeout.nanoseconds)))
-                        try channel.pipeline.syncOperations.addHandler(AnswerTimeoutHandler())
-                        return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
-                            wrappingChannelSynchronously: channel)
-                    }
-                }
+            let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.nanoseconds(timeout.nanoseconds))
+            if let address = Self.tcpAddress(socketPath) {
+                channel = try await bootstrap.connect(host: address.host, port: address.port, channelInitializer: initializer)
+            } else {
+                channel = try await bootstrap.connect(unixDomainSocketPath: socketPath, channelInitializer: initializer)
+            }
         } catch {
             // The system's words for a socket error ("No such file or directory"), not the
             // description of the NIO call that met it.
-            let reason = (error as? IOError).map { String(cString: strerror($0.errnoCode)) } ?? "\(error)"
+            let cause = (error as? NIOConnectionError)?.connectionErrors.first?.error ?? error
+            let reason: String
+            if let ioError = cause as? IOError {
+                reason = String(cString: strerror(ioError.errnoCode))
+            } else if let channelError = cause as? ChannelError, case .connectTimeout = channelError {
+                reason = "connect timed out"
+            } else {
+                reason = "\(cause)"
+            }
             throw ControlFailure.unreachable(socketPath, reason)
         }
         do {
@@ -83,6 +99,15 @@ struct ControlClient {
             }
             throw ControlFailure.brokenAnswer(socketPath, "closed the connection before its answer was complete")
         }
+    }
+}
+
+extension ControlClient {
+    /// `tcp://HOST:PORT`: the daemon's `--control-address`, for a client that cannot reach its
+    /// UNIX socket (another container of the pod); anything else is a socket path.
+    static func tcpAddress(_ target: String) -> HostPort? {
+        guard target.hasPrefix("tcp://") else { return nil }
+        return try? HostPort.parse(String(target.dropFirst("tcp://".count))).get()
     }
 }
 
@@ -140,7 +165,7 @@ enum ControlFailure: Error, CustomStringConvertible {
 
 /// What every faultctl command that talks to the daemon takes.
 struct ControlOptions: ParsableArguments {
-    @Option(name: .long, help: "The control socket (default: $FAULTLINE_SOCKET or the daemon's default).")
+    @Option(name: .long, help: "The control socket (default: $FAULTLINE_SOCKET or the daemon's default), or tcp://HOST:PORT for the daemon's --control-address.")
     var socket: String?
 
     @Flag(name: .long, help: "Print the daemon's JSON reply (exactly one object) instead of a table.")
@@ -150,6 +175,10 @@ struct ControlOptions: ParsableArguments {
     var timeout: String = "30s"
 
     func validate() throws {
+        let target = ControlSocketPath.resolve(socket)
+        if target.hasPrefix("tcp://"), ControlClient.tcpAddress(target) == nil {
+            throw ValidationError("--socket: expected a path or tcp://HOST:PORT, found '\(target)'")
+        }
         guard let duration = DurationText.parse(timeout), duration > .zero else {
             throw ValidationError("--timeout: expected a duration such as 30s, found '\(timeout)'")
         }

@@ -93,6 +93,15 @@ struct FaultctlBinaryTests {
         let overTCP = try await Curl.run(["-w", "\n%{content_type}", "http://127.0.0.1:\(controlPort)/v1/listeners"])
         #expect(overTCP.text.hasPrefix(#"{"listeners":[{"connections_open":0"#))
         #expect(overTCP.text.hasSuffix("\napplication/json"))
+        // faultctl reaches it too (from a container that cannot see the UNIX socket).
+        let statusOverTCP = try await Self.faultctl(["status", "--socket", "tcp://127.0.0.1:\(controlPort)"], socket: socket)
+        #expect(statusOverTCP.status == 0 && statusOverTCP.output.contains("127.0.0.1:\(port)"), "\(statusOverTCP.error)")
+        // A web page cannot drive it: browsers' requests are refused, whatever they ask.
+        for header in ["User-Agent: Mozilla/5.0 (X11; Linux x86_64)", "Origin: http://page.example"] {
+            let fromAPage = try await Curl.run(
+                ["-X", "POST", "-H", header, "-w", "\n%{http_code}", "http://127.0.0.1:\(controlPort)/v1/reset"])
+            #expect(fromAPage.text.hasSuffix("\n403") && fromAPage.text.contains(#""code":"forbidden""#), "\(fromAPage.text)")
+        }
 
         let status = try await Self.faultctl(["status"], socket: socket)
         #expect(status.status == 0)
