@@ -156,15 +156,18 @@ public final class ProxyListener: Sendable {
                             faults: listener.faults, clientAddress: channel.remoteAddress?.addressBytes,
                             random: &tracker.random)
                         if let fault = choice.fault { listener.injections(fault).increment() }
+                        // A delayed handshake (the fault) gets its delay on top of the timeout.
+                        var handshakeTimeout = tls.handshakeTimeout
+                        if case .delay(let delay) = choice.gate { handshakeTimeout += delay }
+                        let watcher = HandshakeOutcomeWatcher(counters: tls.handshakes, timeout: handshakeTimeout)
+                        if listener.rule.protocol == .http {
+                            try channel.pipeline.syncOperations.addHandler(PlainHTTPRefusal(countingIn: watcher))
+                        }
                         if let gate = choice.gate {
                             try channel.pipeline.syncOperations.addHandler(HandshakeGate(gate))
                         }
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: choice.context))
-                        // A delayed handshake (the fault) gets its delay on top of the timeout.
-                        var handshakeTimeout = tls.handshakeTimeout
-                        if case .delay(let delay) = choice.gate { handshakeTimeout += delay }
-                        try channel.pipeline.syncOperations.addHandler(
-                            HandshakeOutcomeWatcher(counters: tls.handshakes, timeout: handshakeTimeout))
+                        try channel.pipeline.syncOperations.addHandler(watcher)
                     }
                     switch listener.rule.protocol {
                     case .tcp:

@@ -72,6 +72,11 @@ final class HandshakeOutcomeWatcher: ChannelInboundHandler, RemovableChannelHand
         deadline = nil
     }
 
+    /// A plain HTTP request was answered with a 400 in front of the TLS handler.
+    func plainHTTPRefused() {
+        count(.notTLS)
+    }
+
     private func count(_ result: HandshakeResult) {
         guard !counted else { return }
         counted = true

@@ -85,6 +85,25 @@ import Testing
         }
     }
 
+    /// `http://` to a TLS port: an http listener answers a plain-text 400 that says so (as
+    /// nginx does), a tcp listener, which may carry any protocol, only closes; both count the
+    /// handshake as `not_tls`.
+    @Test(arguments: [ListenerProtocol.tcp, .http])
+    func plainHTTPToATLSPortIsToldSo(_ proto: ListenerProtocol) async throws {
+        try await withTLSProxy(protocol: proto) { daemon, port, caFile in
+            let plain = try await Curl.run(["-i", "http://127.0.0.1:\(port)/"])
+            if proto == .http {
+                #expect(plain.text.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(plain.log)")
+                #expect(plain.text.hasSuffix("a plain HTTP request was sent to it\n"))
+            } else {
+                #expect(plain.status != 0 && plain.body.isEmpty, "\(plain.log)")
+            }
+            #expect(await daemon.metric(#"faultline_tls_handshakes_total{listener="test",result="not_tls"}"#) == 1)
+            // TLS clients are not affected.
+            #expect(try await curl(port, caFile).status == 0)
+        }
+    }
+
     /// TLS 1.0 and 1.1 are refused unless the `old_protocol` fault offers TLS 1.0 (and then
     /// only that): `openssl s_client` allowed to speak them (security level 0) is the client.
     @Test func oldProtocolsOnlyThroughTheFault() async throws {
