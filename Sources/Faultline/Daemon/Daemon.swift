@@ -81,13 +81,13 @@ public final class Daemon: Sendable {
         do {
             if let address = options.demoAddress {
                 demo = try await bindServer("demo service", address, group: group, handler: DemoService.handler)
-                logger.info("demo service listening", metadata: ["address": "\(demo!.localAddress)"])
+                logger.info("demo service listening", metadata: ["address": "\(demo!.localAddress.logText)"])
             }
             try await proxy.start(rules)
             if let address = options.metricsAddress {
                 metricsServer = try await bindServer(
                     "metrics", address, group: group, handler: MetricsEndpoint.handler(metrics: metrics) { await proxy.collectMetrics() })
-                logger.info("metrics listening", metadata: ["address": "\(metricsServer!.localAddress)"])
+                logger.info("metrics listening", metadata: ["address": "\(metricsServer!.localAddress.logText)"])
             }
         } catch {
             await proxy.drain(gracePeriod: .zero)
@@ -115,14 +115,14 @@ public final class Daemon: Sendable {
                         "control API", address, group: group, maxBodyBytes: ControlAPI.maxBodyBytes, tooLarge: ControlAPI.tooLarge,
                         malformed: ControlAPI.malformed, handler: api.handler)
                     daemon.controlTCP.withLockedValue { $0 = server }
-                    logger.info("control API listening", metadata: ["address": "\(server.localAddress)"])
+                    logger.info("control API listening", metadata: ["address": "\(server.localAddress.logText)"])
                 }
                 if let address = options.toxiproxyAddress {
                     let api = ToxiproxyAPI(daemon: daemon)
                     let server = try await bindServer(
                         "Toxiproxy API", address, group: group, malformed: ToxiproxyAPI.malformed, handler: api.handler)
                     daemon.toxiproxy.withLockedValue { $0 = server }
-                    logger.info("Toxiproxy-compatible API listening", metadata: ["address": "\(server.localAddress)"])
+                    logger.info("Toxiproxy-compatible API listening", metadata: ["address": "\(server.localAddress.logText)"])
                 }
             } catch {
                 await daemon.shutdown()

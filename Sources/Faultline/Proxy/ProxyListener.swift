@@ -102,7 +102,7 @@ public final class ProxyListener: Sendable {
         }
         // The group's sockets are all bound: new connections follow the steering's choice.
         if let steering, let first = acceptors.first { steering.register(first.serverChannel) }
-        logger.info("listening", metadata: ["address": "\(address)", "upstream": "\(rule.upstream)"])
+        logger.info("listening", metadata: ["address": "\(address.logText)", "upstream": "\(rule.upstream)"])
         return ProxyListener(
             name: rule.name, boundAddress: address, configuration: configuration,
             acceptors: acceptors, authorities: authorities, steering: steering, logger: logger)
