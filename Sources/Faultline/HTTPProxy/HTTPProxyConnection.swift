@@ -563,7 +563,7 @@ final class HTTPProxyConnection: TrackedConnection {
                     reason.rawValue, error: error, connection: id, upstream: "\(listener.rule.upstream)",
                     message: "upstream connect failed; answering 502", logger: logger)
                 if let exchange {
-                    fail(exchange, 502, "faultline: cannot connect to the upstream \(listener.rule.upstream) (\(reason.rawValue))\n")
+                    fail(exchange, 502, "faultline: cannot connect to the upstream \(listener.rule.upstream) (\(UpstreamFailureLog.describe(error)))\n")
                 }
             }
         }

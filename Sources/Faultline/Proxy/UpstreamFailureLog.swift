@@ -73,8 +73,13 @@ final class UpstreamFailureLog {
         if let error = error as? IOError {
             return String(cString: strerror(error.errnoCode))
         }
-        if let error = error as? NIOConnectionError, let first = error.connectionErrors.first {
-            return describe(first.error)
+        if let error = error as? NIOConnectionError {
+            if let first = error.connectionErrors.first { return describe(first.error) }
+            // Nothing was dialed: the name did not resolve (NIO's own description names its
+            // error type and repeats the port), or it resolved to no address at all.
+            guard let lookup = error.dnsAError ?? error.dnsAAAAError else { return "\(error.host) has no address" }
+            let cause = (lookup as? SocketAddressError.UnknownHost)?.errorDescription ?? "\(lookup)"
+            return "cannot resolve \(error.host): \(cause)"
         }
         if let error = error as? ChannelError, case .connectTimeout = error {
             return "connect timed out"

@@ -125,9 +125,25 @@ import Testing
             let result = try await Curl.run(["-i", "http://127.0.0.1:\(port)/"])
             #expect(result.text.hasPrefix("HTTP/1.1 502 Bad Gateway"))
             #expect(result.text.contains("faultline: cannot connect to the upstream 127.0.0.1:"))
-            #expect(result.text.contains("(refused)"))
+            #expect(result.text.contains("(Connection refused)"))
             #expect(await daemon.metric(#"faultline_http_upstream_errors_total{listener="test",kind="connect_refused"}"#) == 1)
             #expect(await daemon.metric(#"faultline_http_requests_total{listener="test",code="5xx"}"#) == 1)
+        }
+    }
+
+    /// A name that does not resolve says so in the 502, without NIO's error type in the text.
+    /// (`.invalid` never resolves, RFC 6761; a resolver that cannot be reached fails the look-up
+    /// too, after its own timeout, which the long connect timeout leaves room for.)
+    @Test func unresolvableUpstreamGives502SayingSo() async throws {
+        try await withHTTPProxy(configure: { rule in
+            rule.upstream = HostPort(host: "nosuchhost.invalid", port: 80)
+            rule.connectTimeout = .seconds(60)
+        }) { daemon, port, _ in
+            let result = try await Curl.run(["-i", "-m", "90", "http://127.0.0.1:\(port)/"])
+            #expect(result.text.hasPrefix("HTTP/1.1 502 Bad Gateway"))
+            #expect(result.text.contains("faultline: cannot connect to the upstream nosuchhost.invalid:80 (cannot resolve nosuchhost.invalid: "), "\(result.text)")
+            #expect(!result.text.contains("SocketAddressError"))
+            #expect(await daemon.metric(#"faultline_http_upstream_errors_total{listener="test",kind="connect_resolve"}"#) == 1)
         }
     }
 
