@@ -8,11 +8,14 @@ struct InjectCommand: AsyncParsableCommand {
         commandName: "inject",
         abstract: "Create a runtime fault (same schema and checks as the rule files).",
         discussion: """
-            KIND is latency, bandwidth, slicer, reset, refuse, blackhole, limit, cut, slow_close, abort,
-            certificate or handshake (the last two on TLS listeners, with --as).
+            KIND is latency, bandwidth, slicer, reset, refuse, blackhole, limit, cut,
+            slow_close, abort, certificate or handshake (the last two on TLS listeners,
+            with --as).
+
             Examples:
               faultctl inject latency --listener api --delay 200ms --jitter 50ms --for 60s
-              faultctl inject abort --listener web --status 503 --header 'Retry-After: 5' --path /checkout --for 2m
+              faultctl inject abort --listener web --status 503 --path /checkout \\
+                  --header 'Retry-After: 5' --for 2m
               faultctl inject certificate --as expired --listener secure --for 5m
               faultctl inject handshake --as delay --delay 3s --listener secure --for 1m
             """)

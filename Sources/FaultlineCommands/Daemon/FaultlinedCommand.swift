@@ -32,9 +32,12 @@ struct ServeCommand: AsyncParsableCommand {
         commandName: "serve",
         abstract: "Run the proxy (the default subcommand).",
         discussion: """
-            Reads every *.yaml file in the rules folder and starts the listeners they declare.
+            Reads every *.yaml file in the rules folder and starts the listeners they
+            declare (`faultlined --check` validates them and exits).
+
             One-off form, without rule files:
               faultlined --listen 127.0.0.1:8080 --upstream 127.0.0.1:9000
+
             Print the CA that TLS listeners' certificates chain to (for clients to trust):
               faultlined ca export
             """,
